@@ -1,0 +1,1 @@
+"""Backend adapters behind one small interface (``providers.base.Provider``)."""

@@ -1,0 +1,1 @@
+"""fedrouter: an OpenAI-compatible gateway that routes across federated LLM backends."""

@@ -1,0 +1,164 @@
+"""The request pipeline, read top to bottom: authenticate, parse, plan, dispatch, meter, answer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from policies.base import RequestShape, Scored
+from providers.base import Endpoint, Provider, UpstreamResponse
+from router.api.body import optional_int, parse_object, read_body, require
+from router.backend_stats import StatsBook
+from router.dispatch import Attempts, Dispatcher, upstream_request
+from router.errors import InvalidRequest
+from router.ledger.base import Ledger
+from router.metering import RequestContext, build_record, observe
+from router.metrics import Metrics
+from router.routing import Planner, Tenant
+from router.streaming import EventStreamResponse, StreamRelay
+from router.tenancy import Tenancy
+from router.tokens import TokenCounter
+
+_DEFAULT_MAX_OUTPUT = 256
+_JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    body: bytes
+    payload: dict[str, Any]
+    model: str
+    stream: bool
+    client_usage: bool
+    shape: RequestShape
+
+
+class Gateway:
+    def __init__(self, *, tenancy: Tenancy, planner: Planner, dispatcher: Dispatcher, stats: StatsBook,
+                 ledger: Ledger, metrics: Metrics, tokens: TokenCounter, providers: dict[str, Provider],
+                 stream_usage: frozenset[str], max_body_bytes: int) -> None:
+        self.tenancy = tenancy
+        self.planner = planner
+        self.dispatcher = dispatcher
+        self.stats = stats
+        self.ledger = ledger
+        self.metrics = metrics
+        self.tokens = tokens
+        self.providers = providers
+        self._stream_usage = stream_usage
+        self._limit = max_body_bytes
+
+    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
+        received = time.time()
+        started = time.perf_counter()
+        tenant = await self.tenancy.authenticate(request.headers.get("authorization"))
+        parsed = _check(endpoint, await read_body(request, self._limit))
+        plan = self.planner.plan(parsed.model, tenant, parsed.shape)
+        ctx = RequestContext(request.scope["state"]["request_id"], tenant.name, parsed.model, endpoint,
+                             parsed.stream, received, started)
+        if parsed.stream:
+            return await self._stream(ctx, parsed, plan.order)
+        return await self._complete(ctx, parsed, plan.order)
+
+    async def _complete(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored]) -> Response:
+        attempts = Attempts()
+
+        async def call(scored: Scored, provider: Provider) -> UpstreamResponse:
+            req = upstream_request(ctx.endpoint, parsed.payload, parsed.body, scored, parsed.model, False)
+            return await provider.complete(req)
+
+        scored, resp = await self.dispatcher.run(order, attempts, call)
+        tokens_in, tokens_out, source = self._usage_of(parsed.payload, resp.data)
+        record = build_record(ctx, scored, tokens_in, tokens_out, "ok", source, attempts.count, None)
+        name = scored.candidate.info.name
+        self.stats.success(name, _ttft_estimate(record.latency_ms / 1000, tokens_out, scored), tokens_out,
+                           record.latency_ms / 1000)
+        await self.ledger.submit(record)  # durable before the client sees the answer
+        observe(self.metrics, record)
+        return Response(resp.body, media_type=_JSON, headers=_headers(scored, attempts))
+
+    async def _stream(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored]) -> Response:
+        attempts = Attempts()
+
+        def make(scored: Scored) -> Any:
+            add_usage = scored.candidate.info.name in self._stream_usage
+            return upstream_request(ctx.endpoint, parsed.payload, parsed.body, scored, parsed.model, add_usage)
+
+        opened = await self.dispatcher.open_stream(order, attempts, make)
+        relay = StreamRelay(
+            ctx, opened, attempts, client_usage=parsed.client_usage,
+            prompt_tokens=lambda: self.tokens.count_prompt(parsed.payload), ledger=self.ledger,
+            stats=self.stats, metrics=self.metrics, tokens=self.tokens, release=self.dispatcher.stream_done,
+        )
+        return EventStreamResponse(relay.events(), _headers(opened.scored, attempts))
+
+    def _usage_of(self, payload: dict[str, Any], data: dict[str, Any]) -> tuple[int, int, str]:
+        usage = data.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            out = usage.get("completion_tokens")
+            return usage["prompt_tokens"], out if isinstance(out, int) else 0, "upstream"
+        text: list[str] = []
+        for choice in data.get("choices") or []:
+            if isinstance(choice, dict):
+                message = choice.get("message")
+                text.append(str(message.get("content") or "") if isinstance(message, dict) else "")
+                if isinstance(choice.get("text"), str):
+                    text.append(choice["text"])
+        return self.tokens.count_prompt(payload), self.tokens.count("".join(text)), "counted"
+
+    async def close(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()
+
+
+def _check(endpoint: Endpoint, body: bytes) -> _Parsed:
+    payload = parse_object(body)
+    model = require(payload, "model", str, "a string")
+    if endpoint == "chat/completions":
+        messages = require(payload, "messages", list, "an array of messages")
+        if not messages:
+            raise InvalidRequest("'messages' must contain at least one message.", param="messages",
+                                 code="invalid_value")
+        max_out = optional_int(payload, "max_completion_tokens") or optional_int(payload, "max_tokens")
+    elif endpoint == "completions":
+        require(payload, "prompt", (str, list), "a string or an array")
+        max_out = optional_int(payload, "max_tokens")
+    else:
+        require(payload, "input", (str, list), "a string or an array")
+        max_out = 0
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type")
+    if stream and endpoint == "embeddings":
+        raise InvalidRequest("Embeddings cannot be streamed.", param="stream", code="invalid_value")
+    opts = payload.get("stream_options")
+    if opts is not None and (not isinstance(opts, dict) or not stream):
+        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true and must be an object.",
+                             param="stream_options", code="invalid_value")
+    client_usage = bool(stream and opts and opts.get("include_usage") is True)
+    shape = RequestShape(len(body) // 4, _DEFAULT_MAX_OUTPUT if max_out is None else max_out)
+    return _Parsed(body, payload, model, bool(stream), client_usage, shape)
+
+
+def _ttft_estimate(latency_s: float, tokens_out: int, scored: Scored) -> float:
+    """A non-streamed answer only shows its total time; take off the generation time expected
+    from the measured throughput, or keep the total as a pessimistic time to first token."""
+    tps = scored.candidate.stats.tokens_per_s
+    return max(0.0, latency_s - tokens_out / tps) if tps else latency_s
+
+
+def _headers(scored: Scored, attempts: Attempts) -> dict[str, str]:
+    parts = ",".join(f"{k}={v:.3f}" for k, v in scored.parts.items())
+    return {
+        "x-fedrouter-backend": scored.candidate.info.name,
+        "x-fedrouter-backend-class": scored.candidate.info.backend_class,
+        "x-fedrouter-score": f"{scored.score:.3f};{parts}",
+        "x-fedrouter-attempts": str(attempts.count),
+    }
+
+
+__all__ = ["Gateway", "Tenant"]

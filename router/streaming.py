@@ -1,0 +1,196 @@
+"""Relaying an upstream stream to the client as OpenAI's server-sent events, and billing it.
+
+Events pass through as the backend framed them, except the usage chunk: it is held back until
+the usage record is durable, and dropped if the client did not ask for one. Once the first byte
+has gone out the backend can no longer change, so a failure ends the stream with one error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from providers.base import ProviderError
+from router.backend_stats import StatsBook
+from router.dispatch import Attempts, Opened
+from router.errors import error_body
+from router.ledger.base import Ledger, Outcome, UsageRecord
+from router.metering import RequestContext, build_record, observe
+from router.metrics import Metrics
+from router.tokens import TokenCounter
+
+DONE = b"data: [DONE]\n\n"
+
+
+def frame(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+class StreamRelay:
+    def __init__(self, ctx: RequestContext, opened: Opened, attempts: Attempts, *, client_usage: bool,
+                 prompt_tokens: Callable[[], int], ledger: Ledger, stats: StatsBook, metrics: Metrics,
+                 tokens: TokenCounter, release: Callable[[str], None]) -> None:
+        self._ctx = ctx
+        self._opened = opened
+        self._attempts = attempts
+        self._client_usage = client_usage
+        self._prompt_tokens = prompt_tokens
+        self._ledger = ledger
+        self._stats = stats
+        self._metrics = metrics
+        self._tokens = tokens
+        self._release = release
+        self._usage: dict[str, Any] | None = None
+        self._text: list[str] = []
+        self._finished = False
+        self._last: dict[str, Any] | None = None
+
+    async def events(self) -> AsyncIterator[bytes]:
+        opened = self._opened
+        name = opened.scored.candidate.info.name
+        outcome: Outcome = "client_disconnected"
+        record: UsageRecord | None = None
+        try:
+            out = self._take(opened.first)
+            if out is not None:
+                yield out
+            async for payload in opened.stream:
+                out = self._take(payload)
+                if out is not None:
+                    yield out
+            if not self._finished:
+                raise ProviderError("protocol", f"{name}: stream ended before it finished")
+            outcome = "ok"
+            record = self._record(outcome)
+            await self._ledger.submit(record)  # durable before the client sees the end
+            if self._client_usage:
+                yield frame(self._usage_chunk(record))
+            yield DONE
+        except ProviderError as exc:
+            outcome = "upstream_error"
+            self._stats.failure(name)
+            self._metrics.attempts.labels(name, exc.kind).inc()
+            yield frame(error_body(f"The backend failed mid-stream: {exc.message}", "server_error",
+                                   None, "upstream_stream_error"))
+        except asyncio.CancelledError:
+            outcome = "client_disconnected"
+            raise
+        finally:
+            await opened.stream.aclose()
+            self._release(name)
+            if record is None:
+                record = self._record(outcome)
+                self._ledger.submit(record)  # queued now; the writer makes it durable
+            elif outcome == "ok":
+                generation = time.perf_counter() - opened.opened_at
+                ttft = opened.opened_at - self._ctx.started
+                self._stats.success(name, ttft, record.output_tokens, generation)
+            observe(self._metrics, record)
+
+    def _take(self, payload: bytes) -> bytes | None:
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise ProviderError("protocol", "backend sent an event that is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise ProviderError("protocol", "backend sent an event that is not a JSON object")
+        if "error" in chunk:
+            err = chunk["error"]
+            msg = err.get("message") if isinstance(err, dict) else str(err)
+            raise ProviderError("status", f"backend reported an error: {msg}", status=502)
+        self._last = chunk
+        choices = chunk.get("choices")
+        usage = chunk.get("usage")
+        if usage and not choices:
+            self._usage = usage  # the usage chunk: held back (see events)
+            return None
+        if isinstance(choices, list):
+            for choice in choices:
+                self._collect(choice)
+        return frame(payload)
+
+    def _collect(self, choice: dict[str, Any]) -> None:
+        if choice.get("finish_reason"):
+            self._finished = True
+        delta = choice.get("delta") or {}
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        if text is None and "text" in choice:
+            text = choice["text"]
+        if isinstance(text, str) and text:
+            self._text.append(text)
+        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+        if isinstance(calls, list):
+            for call in calls:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict):
+                    self._text.extend(s for s in (fn.get("name"), fn.get("arguments")) if isinstance(s, str))
+
+    def _record(self, outcome: Outcome) -> UsageRecord:
+        usage = self._usage
+        if usage and isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int):
+            tokens_in, tokens_out, source = usage["prompt_tokens"], usage["completion_tokens"], "upstream"
+        else:
+            tokens_in = self._prompt_tokens()
+            tokens_out = self._tokens.count("".join(self._text))
+            source = "counted"
+        ttft = self._opened.opened_at - self._ctx.started
+        return build_record(self._ctx, self._opened.scored, tokens_in, tokens_out, outcome, source,
+                            self._attempts.count, ttft)
+
+    def _usage_chunk(self, rec: UsageRecord) -> bytes:
+        last = self._last or {}
+        usage = dict(self._usage) if self._usage and rec.tokens_source == "upstream" else {}
+        usage.update(prompt_tokens=rec.input_tokens, completion_tokens=rec.output_tokens,
+                     total_tokens=rec.input_tokens + rec.output_tokens)
+        return orjson.dumps({
+            "id": last.get("id", "chatcmpl-" + self._ctx.request_id),
+            "object": last.get("object", "chat.completion.chunk"),
+            "created": last.get("created", int(self._ctx.received_ts)),
+            "model": last.get("model", self._ctx.model),
+            "choices": [],
+            "usage": usage,
+        })
+
+
+class EventStreamResponse(Response):
+    """An SSE response that notices a client leaving even while the upstream is silent, and
+    then cancels the relay (and with it the upstream call)."""
+
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:  # noqa: PLW0231
+        # Response.__init__ is skipped on purpose: it would render a body this response streams.
+        self.status_code = 200
+        self.background = None
+        self._events = events
+        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+        self.raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.ensure_future(self._pump(send))
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watch):
+                task.cancel()
+            await asyncio.gather(pump, watch, return_exceptions=True)
+            await self._events.aclose()  # type: ignore[attr-defined]
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            async for chunk in self._events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except OSError:
+            return  # the client went away (ASGI 2.4 servers raise on send)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
