@@ -326,7 +326,7 @@ class SimBackend:
                 sent = 0
                 for frame, is_content in frames:
                     if is_content and sent == drop_after:
-                        pass
+                        return self._drop(request, response)
                     if is_content and sent and gap:
                         await asyncio.sleep(gap)
                     sent += is_content
@@ -351,7 +351,7 @@ class SimBackend:
             pieces, finish = list(_TOOL_ARGUMENTS), "tool_calls"
         usage = None if self.behavior.omit_usage else _usage(_messages_tokens(body.get("messages")), n, pieces)
         base = {"id": _new_id("chatcmpl-sim-"), "object": "chat.completion", "created": int(time.time())}
-        base |= {"model": body["model"], "system_fingerprint": None}
+        base |= {"model": body["model"]}
         calls = [{"id": _new_id("call_sim_"), "type": "function"} for _ in range(n)]
         if not body.get("stream"):
 
@@ -389,7 +389,7 @@ class SimBackend:
         finish = "length" if cut else "stop"
         usage = None if self.behavior.omit_usage else _usage(sum(map(_words, prompts)), count, pieces)
         base = {"id": _new_id("cmpl-sim-"), "object": "text_completion", "created": int(time.time())}
-        base |= {"model": body["model"], "system_fingerprint": None}
+        base |= {"model": body["model"]}
 
         def choices(text: str, finish_reason: str | None = None) -> list[Body]:
             return [{"text": text, "index": i, "logprobs": None, "finish_reason": finish_reason} for i in range(count)]

@@ -1,0 +1,193 @@
+"""Shared fixtures: simulated upstreams and the gateway, each a real server on a loopback port.
+
+Simulated backends run on one background event loop; each gateway runs under uvicorn in a thread
+of its own. Tests talk to both over HTTP only, as a client and an operator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from router.app import create_app
+from router.config import parse_config
+from router.keys import KeyStore
+from router.settings import Settings
+from router.sim import SimBackend, SimBehavior, start_sim
+
+ADMIN_KEY = "test-admin-key-0123456789"
+
+
+class LoopThread:
+    """An event loop in a daemon thread, for servers the tests share."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+@dataclass
+class Sim:
+    """A running simulated backend, controlled over its HTTP control endpoints."""
+
+    name: str
+    port: int
+    backend: SimBackend
+    runner: Any
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def set(self, **behavior: Any) -> None:
+        r = httpx.post(f"http://127.0.0.1:{self.port}/_sim/behavior", json=behavior, timeout=5)
+        r.raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/_sim/stats", timeout=5).json()
+
+    def last_request(self) -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/_sim/last_request", timeout=5).json()
+
+    def reset(self) -> None:
+        httpx.post(f"http://127.0.0.1:{self.port}/_sim/reset", timeout=5).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.stop()
+
+
+@pytest.fixture
+def start_sim_backend(loop_thread: LoopThread) -> Iterator[Callable[..., Sim]]:
+    started: list[Sim] = []
+
+    def start(name: str, models: list[str] | None = None, **behavior: Any) -> Sim:
+        backend = SimBackend(name, SimBehavior(**behavior), models)
+        runner, port = loop_thread.run(start_sim(backend))
+        sim = Sim(name, port, backend, runner)
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        loop_thread.run(sim.runner.cleanup())
+
+
+@dataclass
+class Gateway:
+    """A gateway under uvicorn in a thread, with a key per tenant."""
+
+    port: int
+    keys: dict[str, str]
+    db_path: str
+    server: uvicorn.Server
+    thread: threading.Thread
+    app: Any = None
+    sims: dict[str, Sim] = field(default_factory=dict)
+    clients: list[openai.OpenAI] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, tenant: str = "acme", **kw: Any) -> openai.OpenAI:
+        kw.setdefault("max_retries", 0)
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[tenant], **kw)
+        self.clients.append(client)
+        return client
+
+    def async_client(self, tenant: str = "acme", **kw: Any) -> openai.AsyncOpenAI:
+        kw.setdefault("max_retries", 0)
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=self.keys[tenant], **kw)
+
+    def auth(self, tenant: str = "acme") -> dict[str, str]:
+        return {"authorization": f"Bearer {self.keys[tenant]}"}
+
+    def admin(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {ADMIN_KEY}"}
+
+    def usage(self, tenant: str | None = None) -> dict[str, Any]:
+        params = {"tenant": tenant, "limit": 1000} if tenant else {"limit": 1000}
+        r = httpx.get(self.url + "/admin/v1/usage", params=params, headers=self.admin(), timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+
+def backend_entry(sim: Sim, cls: str = "datacenter", **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": sim.name, "class": cls, "type": "openai", "base_url": sim.base_url,
+                             "models": ["m1"], "price": {"input": 1.0, "output": 2.0},
+                             "energy": {"joules_per_token": 0.5}}
+    entry.update(extra)
+    return entry
+
+
+DEFAULT_TENANTS = [{"name": "acme", "policy": "balanced", "allow_volunteer": True},
+                   {"name": "other", "policy": "balanced"}]
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., Gateway]]:
+    running: list[Gateway] = []
+    tmp = tempfile.TemporaryDirectory()
+
+    def start(backends: list[dict[str, Any]], tenants: list[dict[str, Any]] | None = None,
+              **top: Any) -> Gateway:
+        raw = {"backends": backends, "tenants": tenants or DEFAULT_TENANTS, **top}
+        config = parse_config(raw)
+        db_path = str(Path(tmp.name) / f"gw{len(running)}.db")
+        settings = Settings(ledger=f"sqlite:///{db_path}", admin_key=ADMIN_KEY, key_cache_s=0)
+        app = create_app(config, settings)
+        store = KeyStore(db_path)
+        keys = {t.name: store.create(t.name)[0] for t in config.tenants}
+        store.close()
+        sock = _free_socket()
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.01)
+        gw = Gateway(sock.getsockname()[1], keys, db_path, server, thread, app)
+        running.append(gw)
+        return gw
+
+    yield start
+    for gw in running:
+        for client in gw.clients:
+            client.close()
+        gw.server.should_exit = True
+        gw.thread.join(10)
+    tmp.cleanup()

@@ -1,0 +1,45 @@
+"""Validation against OpenAI's published API description (../shared/openai-api/openapi.yaml)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+SPEC = Path(__file__).resolve().parents[2] / "shared" / "openai-api" / "openapi.yaml"
+_URI = "urn:openai-openapi"
+
+
+@cache
+def _registry() -> Registry:
+    if not SPEC.exists():
+        raise RuntimeError(f"OpenAI's API description is missing at {SPEC}; it ships in shared/ beside the repo")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    document = _honour_nullable(yaml.load(SPEC.read_text(), Loader=loader))
+    return Registry().with_resource(_URI, Resource.from_contents(document, default_specification=DRAFT202012))
+
+
+def _honour_nullable(node: Any) -> Any:
+    """The description is OpenAPI 3.1 but keeps 3.0's ``nullable: true`` in places, which JSON
+    Schema ignores; read it as OpenAPI means it: null is allowed there too."""
+    if isinstance(node, list):
+        return [_honour_nullable(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _honour_nullable(v) for k, v in node.items()}
+    if out.get("nullable") is True:
+        return {"anyOf": [{k: v for k, v in out.items() if k != "nullable"}, {"type": "null"}]}
+    return out
+
+
+def validate(instance: Any, schema_name: str) -> None:
+    """Raise jsonschema.ValidationError unless instance conforms to components/schemas/NAME."""
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": f"{_URI}#/components/schemas/{schema_name}"}, registry=_registry()
+    )
+    validator.validate(instance)
