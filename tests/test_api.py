@@ -9,9 +9,9 @@ import httpx
 import openai
 import orjson
 import pytest
-from tests.openai_schema import validate
 
 from tests.conftest import backend_entry
+from tests.openai_schema import validate
 
 
 @pytest.fixture

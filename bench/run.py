@@ -1,0 +1,311 @@
+"""Benchmark fedrouter against the bare upstream and a minimal Python proxy, all on loopback, in one run.
+
+Usage: ``python bench/run.py [--quick] [--out bench/results/latest.json]``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+MODEL = "bench-model"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}
+STREAM = {**CHAT, "max_tokens": 4, "stream": True}
+STREAM_BEHAVIOR = {"ttft_s": 0.020, "tokens_per_s": 200.0}  # the slow upstream of the streaming figure
+TARGETS = ("direct", "minimal", "fedrouter")
+CONFIG = """\
+backends:
+  - name: up
+    class: datacenter
+    type: openai
+    base_url: http://{host}:{port}/v1
+    models: [{model}]
+    price: {{input: 0.1, output: 0.2}}
+    energy: {{joules_per_token: 0.5}}
+tenants:
+  - name: bench
+    policy: balanced
+"""
+# (figure, unit, target text, passes?) for the targets in bench/README.md
+GOALS: dict[str, tuple[str, str, Any]] = {
+    "throughput_ratio": ("throughput c=64, fedrouter / minimal", "≥ 0.67", lambda v: v >= 2 / 3),
+    "added_p50_ms": ("added latency p50, c=1 (ms)", "≤ 1", lambda v: v <= 1.0),
+    "added_p99_ms": ("added latency p99, c=1 (ms)", "≤ 3", lambda v: v <= 3.0),
+    "added_ttfb_p50_ms": ("added stream TTFB p50 (ms)", "≤ 1", lambda v: v <= 1.0),
+    "rss_mb": ("gateway RSS after load (MB)", "≤ 150", lambda v: v <= 150),
+    "ready_s": ("start-up to /healthz, median of 3 (s)", "≤ 2", lambda v: v <= 2.0),
+}
+
+
+@dataclass(frozen=True)
+class Mode:
+    load_s: int  # one wrk run at c=64
+    latency_s: int  # one wrk run at c=1
+    rounds: int  # repetitions of both, targets in rotating order
+    stream_n: int  # sequential streaming requests per target
+
+
+FULL = Mode(load_s=10, latency_s=5, rounds=3, stream_n=300)
+QUICK = Mode(load_s=4, latency_s=2, rounds=1, stream_n=100)
+
+
+class Processes:
+    """Every subprocess the run starts, so that ``stop_all`` in a ``finally`` can end them."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append((proc, log))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for entry in [e for e in self.procs if e[0] is proc]:
+            entry[1].close()
+            self.procs.remove(entry)
+
+    def stop_all(self) -> None:
+        for proc, _ in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before answering {path}")
+        conn = http.client.HTTPConnection(HOST, port, timeout=1)
+        with contextlib.suppress(OSError):
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        conn.close()
+        time.sleep(0.005)
+    raise RuntimeError(f"port {port} did not answer {path} within {timeout_s} s")
+
+
+def start_gateway(procs: Processes, config: Path, ledger: str) -> tuple[subprocess.Popen[bytes], int, float]:
+    """Spawn ``fedrouter serve`` and return it, its port and the seconds until /healthz answered."""
+    port = free_port()
+    began = time.perf_counter()
+    proc = procs.spawn("fedrouter", "fedrouter", "serve", "--config", str(config), "--host", HOST,
+                       "--port", str(port), "--workers", "1", "--ledger", ledger)
+    wait_ready(port, "/healthz", proc)
+    return proc, port, time.perf_counter() - began
+
+
+def create_key(config: Path, ledger: str) -> str:
+    out = subprocess.run(["fedrouter", "keys", "create", "--tenant", "bench", "--config", str(config),
+                          "--ledger", ledger], capture_output=True, text=True, check=True, timeout=60)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def wrk(url: str, key: str, threads: int, conns: int, seconds: int) -> dict[str, Any]:
+    """One wrk run of bench/post.lua; its done() hook prints the figures as one JSON line."""
+    env = {**os.environ, "WRK_BODY": json.dumps(CHAT), "WRK_KEY": key}
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(BENCH / "post.lua"), url]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    result: dict[str, Any] = json.loads(next(ln for ln in out.splitlines() if ln.startswith("BENCH "))[6:])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def rotated(i: int) -> tuple[str, ...]:
+    """The targets in the order of round ``i``, so that none is always first or last."""
+    k = i % len(TARGETS)
+    return TARGETS[k:] + TARGETS[:k]
+
+
+def load_rounds(urls: dict[str, str], key: str, mode: Mode) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"c64": {t: [] for t in TARGETS}, "c1": {t: [] for t in TARGETS}}
+    for target in TARGETS:  # warm-up: connection pools, caches, the ledger's first writes
+        wrk(urls[target], key, 2, 64, 2)
+        wrk(urls[target], key, 1, 1, 1)
+    for i in range(mode.rounds):
+        for target in rotated(i):
+            runs["c64"][target].append(wrk(urls[target], key, 2, 64, mode.load_s))
+        for target in rotated(i + 1):
+            runs["c1"][target].append(wrk(urls[target], key, 1, 1, mode.latency_s))
+        print(f"  round {i + 1}/{mode.rounds} done", file=sys.stderr)
+    return runs
+
+
+async def first_byte_s(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
+    """Seconds from sending a streaming request to the first SSE ``data:`` bytes; the rest is drained."""
+    began = time.perf_counter()
+    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+        response.raise_for_status()
+        head = b""
+        while b"data:" not in head:
+            chunk = await response.content.readany()
+            if not chunk:
+                raise RuntimeError(f"{url}: the stream ended before any data")
+            head += chunk
+        elapsed = time.perf_counter() - began
+        await response.read()
+    return elapsed
+
+
+async def ttfb_samples(urls: dict[str, str], key: str, n: int, warmup: int = 10) -> dict[str, list[float]]:
+    """Interleaved sequential streaming requests, one keep-alive connection per target."""
+    samples: dict[str, list[float]] = {t: [] for t in TARGETS}
+    body = json.dumps(STREAM).encode()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        for i in range(warmup + n):
+            for target in rotated(i):
+                elapsed = await first_byte_s(session, urls[target], body)
+                if i >= warmup:
+                    samples[target].append(elapsed)
+    return samples
+
+
+def set_behavior(port: int, changes: dict[str, float]) -> None:
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    conn.request("POST", "/_sim/behavior", json.dumps(changes), {"Content-Type": "application/json"})
+    status = conn.getresponse().status
+    conn.close()
+    if status != 200:
+        raise RuntimeError(f"the sim refused {changes}: HTTP {status}")
+
+
+def rss_mb(pid: int) -> float:
+    with contextlib.suppress(ImportError):
+        import psutil
+
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:"))) / 1024
+
+
+def pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], ttfb: dict[str, list[float]]) -> dict[str, Any]:
+    """Per target: medians over rounds (wrk) and percentiles over all samples (streaming), in req/s and ms."""
+    per: dict[str, dict[str, Any]] = {}
+    for t in TARGETS:
+        c64, c1 = runs["c64"][t], runs["c1"][t]
+        per[t] = {
+            "rps_c64": statistics.median(r["rps"] for r in c64),
+            "p50_ms": statistics.median(r["p50_us"] for r in c1) / 1000,
+            "p99_ms": statistics.median(r["p99_us"] for r in c1) / 1000,
+            "ttfb_p50_ms": pct(ttfb[t], 50) * 1000,
+            "ttfb_p99_ms": pct(ttfb[t], 99) * 1000,
+            "requests": sum(r["requests"] for r in c64 + c1),
+            "c1_requests_per_round": [r["requests"] for r in c1],
+            "failed": sum(r["non2xx"] + r["errors"] for r in c64 + c1),
+        }
+    return per
+
+
+def table(per: dict[str, dict[str, Any]], goals: dict[str, float]) -> str:
+    rows = ["| figure | direct | minimal proxy | fedrouter |", "|---|---:|---:|---:|"]
+    for field, label, fmt in (("rps_c64", "req/s, c=64", "{:.0f}"), ("p50_ms", "latency p50, c=1 (ms)", "{:.3f}"),
+                              ("p99_ms", "latency p99, c=1 (ms)", "{:.3f}"),
+                              ("ttfb_p50_ms", "stream TTFB p50 (ms)", "{:.2f}"),
+                              ("ttfb_p99_ms", "stream TTFB p99 (ms)", "{:.2f}"), ("failed", "failed requests", "{}")):
+        rows.append(f"| {label} | " + " | ".join(fmt.format(per[t][field]) for t in TARGETS) + " |")
+    rows += ["", "| target | fedrouter | goal | met |", "|---|---:|---:|:---:|"]
+    for name, value in goals.items():
+        label, goal, ok = GOALS[name]
+        rows.append(f"| {label} | {value:.3f} | {goal} | {'yes' if ok(value) else 'NO'} |")
+    return "\n".join(rows)
+
+
+def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
+    sim_port, proxy_port = free_port(), free_port()
+    sim = procs.spawn("sim", sys.executable, "-m", "router.sim", "--host", HOST, "--port", str(sim_port),
+                      "--name", "bench", "--model", MODEL)
+    wait_ready(sim_port, "/v1/models", sim)
+    config, ledger = tmp / "bench.yaml", f"sqlite:///{tmp / 'ledger.db'}"
+    config.write_text(CONFIG.format(host=HOST, port=sim_port, model=MODEL))
+    key = create_key(config, ledger)
+    ready_s: list[float] = []
+    for _ in range(3):  # the third gateway stays up for the measurements
+        gateway, gateway_port, seconds = start_gateway(procs, config, ledger)
+        ready_s.append(seconds)
+        if len(ready_s) < 3:
+            procs.stop(gateway)
+    proxy = procs.spawn("minimal", sys.executable, str(BENCH / "minimal_proxy.py"), "--host", HOST,
+                        "--port", str(proxy_port), "--upstream", f"http://{HOST}:{sim_port}")
+    wait_ready(proxy_port, "/v1/models", proxy)
+    ports = {"direct": sim_port, "minimal": proxy_port, "fedrouter": gateway_port}
+    urls = {t: f"http://{HOST}:{p}/v1/chat/completions" for t, p in ports.items()}
+
+    print("non-streaming load (c=64) and latency (c=1) ...", file=sys.stderr)
+    runs = load_rounds(urls, key, mode)
+    print(f"streaming TTFB, {mode.stream_n} requests per target ...", file=sys.stderr)
+    set_behavior(sim_port, STREAM_BEHAVIOR)
+    ttfb = asyncio.run(ttfb_samples(urls, key, mode.stream_n))
+    per = summarise(runs, ttfb)
+    d, m, f = (per[t] for t in TARGETS)
+    goals = {
+        "throughput_ratio": f["rps_c64"] / m["rps_c64"],
+        "added_p50_ms": f["p50_ms"] - d["p50_ms"],
+        "added_p99_ms": f["p99_ms"] - d["p99_ms"],
+        "added_ttfb_p50_ms": f["ttfb_p50_ms"] - d["ttfb_p50_ms"],
+        "rss_mb": rss_mb(gateway.pid),
+        "ready_s": statistics.median(ready_s),
+    }
+    return {"mode": mode.__dict__, "targets": per, "goals": goals, "ready_s_samples": ready_s,
+            "stream_request": STREAM, "stream_behavior": STREAM_BEHAVIOR, "chat_request": CHAT,
+            "raw": runs, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fedrouter-bench-") as tmp:
+        procs = Processes(Path(tmp))
+        try:
+            result = run(QUICK if args.quick else FULL, procs, Path(tmp))
+        except Exception:
+            for log in sorted(Path(tmp).glob("*.log")):
+                print(f"--- {log.name} (tail) ---\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+            raise
+        finally:
+            procs.stop_all()
+    print(table(result["targets"], result["goals"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
