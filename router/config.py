@@ -193,9 +193,10 @@ def load_config(path: str | Path) -> FederationConfig:
 
 
 def _describe(err: Any, raw: dict[str, Any], source: str) -> str:
-    where = _where(err["loc"], raw)
     if err["type"] == "extra_forbidden":
-        return f"{source}: {where}: unknown key {err['loc'][-1]!r}"
+        parent = _where(err["loc"][:-1], raw)
+        return f"{source}: {parent + ': ' if parent else ''}unknown key {err['loc'][-1]!r}"
+    where = _where(err["loc"], raw)
     if err["type"] == "missing":
         return f"{source}: {where}: required key is missing"
     msg = err["msg"].removeprefix("Value error, ")

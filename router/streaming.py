@@ -162,7 +162,7 @@ class EventStreamResponse(Response):
     """An SSE response that notices a client leaving even while the upstream is silent, and
     then cancels the relay (and with it the upstream call)."""
 
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:  # noqa: PLW0231
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:
         # Response.__init__ is skipped on purpose: it would render a body this response streams.
         self.status_code = 200
         self.background = None

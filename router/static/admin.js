@@ -1,5 +1,5 @@
 // fedrouter admin page: polls the admin API every 5 s and renders it. Every string from the
-// server reaches the page through textContent or a text node, never through innerHTML.
+// server reaches the page as a text node or textContent, never parsed as markup.
 "use strict";
 
 (() => {

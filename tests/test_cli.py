@@ -1,0 +1,169 @@
+"""The fedrouter command, run as a user runs it: real processes, real ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+FEDROUTER = [sys.executable, "-c", "from router.cli import main; main()"]
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FEDROUTER, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _spawn(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Run fedrouter until the block ends, then stop it with SIGTERM as an operator would."""
+    with subprocess.Popen([*FEDROUTER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=cwd) as proc:
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 15) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url, timeout=0.5).status_code == 200:
+                return time.monotonic() - started
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+@pytest.fixture
+def sim_and_config(start_sim_backend, tmp_path):
+    sim = start_sim_backend("up")
+    cfg = tmp_path / "fed.yaml"
+    cfg.write_text(f"""
+backends:
+  - name: up
+    class: sovereign
+    type: openai
+    base_url: {sim.base_url}
+    models: [m1]
+    zone: FR
+    price: {{input: 1.0, output: 2.0}}
+    energy: {{joules_per_token: 0.5}}
+tenants:
+  - name: acme
+""")
+    return sim, cfg, f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+def test_keys_serve_and_usage(sim_and_config):
+    _, cfg, ledger = sim_and_config
+    created = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("fr-") and len(key) > 40
+    assert key not in Path(ledger.removeprefix("sqlite:///")).read_bytes().decode("latin-1"), "keys are stored hashed"
+
+    port = _free_port()
+    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
+        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        for _ in range(3):
+            client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        client.close()
+    usage = _run("usage", "--tenant", "acme", "--ledger", ledger)
+    assert usage.returncode == 0
+    assert "requests:      3" in usage.stdout
+    assert "output tokens: 12" in usage.stdout
+
+
+def test_serve_with_two_workers(sim_and_config):
+    _, cfg, ledger = sim_and_config
+    key = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger).stdout.split()[-1]
+    port = _free_port()
+    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
+        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+        for _ in range(6):
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                           json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+            assert r.status_code == 200
+    assert "requests:      6" in _run("usage", "--tenant", "acme", "--ledger", ledger).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["keys", "create", "--tenant", "ghost"], "unknown tenant 'ghost'"),
+        (["serve"], "unknown key 'backendz'"),
+        (["check-config"], "unknown key 'backendz'"),
+    ],
+)
+def test_cli_errors_are_one_clear_line_and_nonzero(tmp_path, sim_and_config, args, fragment):
+    _, cfg, ledger = sim_and_config
+    if fragment.startswith("unknown key"):
+        cfg = tmp_path / "typo.yaml"
+        cfg.write_text("backendz: []\n")
+    full = [*args, str(cfg)] if args == ["check-config"] else [*args, "--config", str(cfg)]
+    result = _run(*full, "--ledger", ledger) if args[0] == "keys" else _run(*full)
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unsupported_ledger_url_is_refused(sim_and_config):
+    _, cfg, _ = sim_and_config
+    result = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", "mysql://x/y")
+    assert result.returncode == 2 and "only sqlite:///PATH is supported" in result.stderr
+
+
+def test_demo_starts_and_routes(tmp_path):
+    port = _free_port()
+    with _spawn("demo", "--port", str(port), "--ledger", f"sqlite:///{tmp_path}/d.db", cwd=tmp_path) as proc:
+        assert _wait_ready(f"http://127.0.0.1:{port}/healthz", proc) < 10
+        banner = [proc.stdout.readline() for _ in range(7)]  # type: ignore[union-attr]
+    tenants = {line.split()[1] for line in banner if line.strip().startswith("tenant ")}
+    assert {"demo", "eu-gov", "green", "speedy", "frugal"} == tenants
+
+
+def test_demo_policies_route_differently(tmp_path):
+    port = _free_port()
+    with _spawn("demo", "--port", str(port), "--ledger", f"sqlite:///{tmp_path}/d.db", cwd=tmp_path) as proc:
+        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+        keys: dict[str, str] = {}
+        while len(keys) < 5:  # the banner is printed before the server starts
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if line.strip().startswith("tenant "):
+                keys[line.split()[1]] = line.split()[-1]
+        served = {}
+        for tenant in ("eu-gov", "green", "frugal"):
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                           headers={"authorization": f"Bearer {keys[tenant]}"},
+                           json={"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "x"}],
+                                 "max_tokens": 2}, timeout=10)
+            served[tenant] = r.headers["x-fedrouter-backend"]
+    assert served["eu-gov"] == "eu-sovereign"
+    assert served["green"] == "volunteer-berlin"  # lowest joules per token
+    assert served["frugal"] == "volunteer-berlin"  # free
