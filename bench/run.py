@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 
@@ -71,28 +71,25 @@ class Processes:
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
-        self.procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs.append((proc, log))
+        with (self.logs / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for entry in [e for e in self.procs if e[0] is proc]:
-            entry[1].close()
-            self.procs.remove(entry)
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        self.procs.remove(proc)
 
     def stop_all(self) -> None:
-        for proc, _ in reversed(list(self.procs)):
+        for proc in reversed(self.procs[:]):
             self.stop(proc)
 
 

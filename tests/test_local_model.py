@@ -7,8 +7,6 @@ import pytest
 
 from router.local_model import LocalModelServer, bundled_model_path
 
-pytest.importorskip("xllamacpp")
-
 FINISH_REASONS = {"stop", "length"}
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
@@ -101,3 +99,21 @@ def test_busy_port_fails_clearly(server: LocalModelServer) -> None:
     port = int(server.base_url.removesuffix("/v1").rsplit(":", 1)[1])
     with pytest.raises(RuntimeError, match="failed to start"):
         LocalModelServer(port=port, ctx_size=256).start()
+
+
+def test_through_the_gateway_end_to_end(server: LocalModelServer, start_gateway) -> None:
+    """A real model behind the gateway: routed, relayed, metered."""
+    gw = start_gateway([{"name": "llama-local", "class": "volunteer", "type": "openai", "base_url": server.base_url,
+                         "models": {"smollm2": "smollm2-135m"}, "price": {"input": 0, "output": 0},
+                         "energy": {"joules_per_token": 0.05}}])
+    client = gw.client("acme", timeout=60)
+    reply = client.chat.completions.with_raw_response.create(model="smollm2", messages=MESSAGES, max_tokens=6)
+    assert reply.headers["x-fedrouter-backend"] == "llama-local"
+    completion = reply.parse()
+    assert completion.choices[0].finish_reason in FINISH_REASONS
+    assert 0 < completion.usage.completion_tokens <= 6
+    chunks = list(client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=6, stream=True))
+    assert chunks[-1].choices[0].finish_reason in FINISH_REASONS
+    assert all(c.usage is None for c in chunks), "the client did not ask for usage"
+    rows = gw.usage("acme")["recent"]
+    assert len(rows) == 2 and all(r["tokens_source"] == "upstream" and r["output_tokens"] > 0 for r in rows)

@@ -225,17 +225,17 @@
     const rows = list.map((r) => {
       const id = String(r.request_id || "");
       const when = isNum(r.ts) ? new Date(r.ts * 1000).toISOString() : "";
-      const tokensNote = r.tokens_source === "counted" ? "counted by the gateway" : "reported by the backend";
+      const counted = r.tokens_source === "counted";
       return el("tr", {},
-        el("td", { title: when }, fmtTime(r.ts)),
-        el("td", { className: "mono", title: id }, id.length > 14 ? id.slice(0, 14) + "…" : id),
+        el("td", { title: when },
+          fmtTime(r.ts), el("span", { className: "sub mono", title: id }, id.length > 16 ? id.slice(0, 16) + "…" : id)),
         el("td", {}, r.tenant),
-        el("td", {}, r.model),
-        el("td", {}, r.endpoint, r.stream ? el("span", { className: "sub" }, "stream") : null),
-        el("td", {}, r.backend, " ", badge(r.backend_class, r.backend_class)),
-        el("td", {}, r.zone || dash),
-        el("td", { className: "num", title: tokensNote }, fmtInt(r.input_tokens)),
-        el("td", { className: "num", title: tokensNote }, fmtInt(r.output_tokens)),
+        el("td", {}, r.model, el("span", { className: "sub" }, r.endpoint + (r.stream ? " · stream" : ""))),
+        el("td", {}, r.backend, " ", badge(r.backend_class, r.backend_class),
+          el("span", { className: "sub" }, r.zone || dash)),
+        el("td", { className: "num", title: counted ? "Counted by the gateway" : "Reported by the backend" },
+          fmtInt(r.input_tokens) + " → " + fmtInt(r.output_tokens),
+          el("span", { className: "sub" }, counted ? "counted" : "reported")),
         el("td", { className: "num" }, fmtMs(r.latency_ms)),
         el("td", { className: "num" }, fmtMs(r.ttft_ms)),
         el("td", { className: "num" }, fmtUsd(r.cost_usd)),
@@ -244,7 +244,7 @@
         el("td", {}, outcomeBadge(r.outcome)),
       );
     });
-    fillBody("recent", rows, 15, "No requests yet" + (state.tenant ? " for " + state.tenant : "") + ".");
+    fillBody("recent", rows, 11, "No requests yet" + (state.tenant ? " for " + state.tenant : "") + ".");
   }
 
   // ---- Session and refresh loop ------------------------------------------------------------
