@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.api import admin, health, openai
+from router.api import admin, dashboard, health, openai
 from router.backend_stats import StatsBook
 from router.config import FederationConfig
 from router.dispatch import Dispatcher
@@ -131,5 +131,6 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     app.add_middleware(RequestIdMiddleware)
     return app

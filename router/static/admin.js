@@ -57,6 +57,7 @@
     return unit + v.toFixed(digits);
   }
   const fmtUsd = (v) => fmtSmall(v, "$");
+  const fmtPrice = (v) => (isNum(v) ? "$" + (v === 0 || v >= 0.01 ? v.toFixed(2) : String(v)) : dash);
   const fmtWh = (v) => fmtSmall(v, "");
 
   function fmtTime(ts) {
@@ -135,7 +136,7 @@
     const table = backend.prices || {};
     return models.map((model) => {
       const p = table[model];
-      const cost = p ? " $" + p.input + " · $" + p.output : "";
+      const cost = p ? " " + fmtPrice(p.input) + " · " + fmtPrice(p.output) : "";
       return el("span", { className: "price" }, model, el("span", { className: "mono" }, cost));
     });
   }
