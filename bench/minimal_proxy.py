@@ -12,8 +12,6 @@ import contextlib
 import aiohttp
 from aiohttp import web
 
-_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
-
 
 def make_app(upstream: str) -> web.Application:
     session_key = web.AppKey("session", aiohttp.ClientSession)
@@ -29,10 +27,10 @@ def make_app(upstream: str) -> web.Application:
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
         if auth := request.headers.get("Authorization"):
             headers["Authorization"] = auth
-        async with app[session_key].request(
+        async with request.app[session_key].request(
             request.method, upstream + request.path_qs, data=await request.read(), headers=headers
         ) as upstream_response:
-            out_headers = {k: v for k, v in upstream_response.headers.items() if k.lower() not in _HOP_HEADERS}
+            out_headers = {"Content-Type": upstream_response.headers.get("Content-Type", "application/json")}
             if upstream_response.content_type != "text/event-stream":
                 body = await upstream_response.read()
                 return web.Response(body=body, status=upstream_response.status, headers=out_headers)

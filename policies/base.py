@@ -2,25 +2,61 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from providers.base import BackendClass, BackendInfo
 
+Capability = Literal["tools", "json_mode", "vision", "embeddings"]
+EnergySource = Literal["measured", "declared", "derived", "none"]
+SCORER_NAMES: tuple[str, ...] = ("latency", "price", "energy", "carbon", "load", "trust")
+
+# Trust by class, before measurements lower it; a backend may declare its own.
+CLASS_TRUST: dict[str, float] = {"sovereign": 1.0, "datacenter": 0.9, "volunteer": 0.5}
+
 
 class Weights(BaseModel):
+    """How much each scorer counts. A weight not written is 0; a scorer weighted 0 is not run."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    latency: float = Field(default=1.0, ge=0)
-    price: float = Field(default=1.0, ge=0)
-    energy: float = Field(default=1.0, ge=0)
+    latency: float = Field(default=0.0, ge=0)
+    price: float = Field(default=0.0, ge=0)
+    energy: float = Field(default=0.0, ge=0)
+    carbon: float = Field(default=0.0, ge=0)
+    load: float = Field(default=0.0, ge=0)
+    trust: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _not_all_zero(self) -> Weights:
-        if self.latency + self.price + self.energy <= 0:
+        if sum(self.as_pairs_all()) <= 0:
             raise ValueError("policy weights must not all be zero")
         return self
+
+    def as_pairs_all(self) -> tuple[float, ...]:
+        return tuple(getattr(self, n) for n in SCORER_NAMES)
+
+    def active(self) -> tuple[tuple[str, float], ...]:
+        """The (scorer, weight) pairs that count, in a fixed order."""
+        return tuple((n, getattr(self, n)) for n in SCORER_NAMES if getattr(self, n) > 0)
+
+
+BALANCED = Weights(latency=1.0, price=1.0, energy=0.5, carbon=0.5, load=0.5, trust=0.5)
+
+
+class MaxPrice(BaseModel):
+    """A price ceiling, as OpenRouter's ``max_price``: ``prompt`` and ``completion`` in USD per 1M
+    tokens of the backend's price; ``request`` in USD for this request's estimated tokens (the
+    prompt estimate plus ``max_tokens``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: float | None = Field(default=None, ge=0)
+    completion: float | None = Field(default=None, ge=0)
+    request: float | None = Field(default=None, ge=0)
 
 
 class PolicySpec(BaseModel):
@@ -28,9 +64,29 @@ class PolicySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    weights: Weights = Weights()
+    weights: Weights = BALANCED
     classes: frozenset[BackendClass] | None = None  # None = every class the tenant may use
     zones: frozenset[str] | None = None  # None = any zone
+    max_price: MaxPrice | None = None
+    max_carbon_g: float | None = Field(default=None, gt=0)  # gCO2e for this request's estimate
+    min_trust: float | None = Field(default=None, ge=0, le=1)
+    # model -> models tried in order when it has no backend this tenant may use; over the
+    # federation's own (usually written at tenant level, as ``fallback_models``).
+    fallback_models: dict[str, tuple[str, ...]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    """The hard constraints of one request: the tenant's policy, narrowed by the request's own
+    routing fields. Built once per tenant, and once more per request that narrows it."""
+
+    classes: frozenset[str]
+    zones: frozenset[str] | None = None
+    max_price: MaxPrice | None = None
+    max_carbon_g: float | None = None
+    min_trust: float | None = None
+    only: frozenset[str] | None = None  # backend names
+    ignore: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,28 +100,96 @@ class Stats:
     ejected: bool = False
 
 
+class EnergyEstimate(NamedTuple):
+    """Joules per prompt token and per generated token, and where the numbers came from."""
+
+    j_in: float | None
+    j_out: float | None
+    source: EnergySource
+
+    def joules(self, input_tokens: int, output_tokens: int) -> float | None:
+        if self.j_in is None or self.j_out is None:
+            return None
+        return input_tokens * self.j_in + output_tokens * self.j_out
+
+
+NO_ENERGY = EnergyEstimate(None, None, "none")
+
+
 @dataclass(frozen=True, slots=True)
-class Candidate:
+class Profile:
+    """What is known of one backend serving one model before any request: built once at start."""
+
     info: BackendInfo
-    stats: Stats = Stats()
+    model: str
     price_input: float | None = None  # USD per 1M tokens of this model on this backend
     price_output: float | None = None
+    energy: EnergyEstimate = NO_ENERGY  # the best estimate without measurements
+    carbon_intensity: float | None = None  # gCO2e per kWh of the backend's grid zone
+    trust: float = 0.9
+    context_length: int | None = None
+    capabilities: frozenset[str] | None = None  # None = not declared, so not filtered on
+    hardware_watts: float | None = None  # declared board power of all its accelerators
+
+
+class Candidate(NamedTuple):
+    """A backend as seen for one request: its profile, its live stats, its energy estimate."""
+
+    profile: Profile
+    stats: Stats = Stats()
+    energy: EnergyEstimate = NO_ENERGY
+
+    @property
+    def info(self) -> BackendInfo:
+        return self.profile.info
+
+    @property
+    def price_input(self) -> float | None:
+        return self.profile.price_input
+
+    @property
+    def price_output(self) -> float | None:
+        return self.profile.price_output
 
     @property
     def measured(self) -> bool:
         return self.stats.ttft_s is not None
 
+    @property
+    def trust(self) -> float:
+        """Declared or class trust, lowered by the measured error rate."""
+        return self.profile.trust * (1.0 - self.stats.error_rate)
+
 
 @dataclass(frozen=True, slots=True)
 class RequestShape:
-    """What the scorers need to know of the request: its token estimate."""
+    """What filters and scorers need to know of the request: its token estimate and needs."""
 
     input_tokens: int
     max_output_tokens: int
+    needs: frozenset[str] = frozenset()  # capabilities the request uses
 
 
-@dataclass(frozen=True, slots=True)
 class Scored:
-    candidate: Candidate
-    score: float
-    parts: dict[str, float] = field(default_factory=dict)
+    """A candidate with its weighted score in [0, 1] and the normalised score of each scorer
+    that counted (``parts``, built on first read from the columns the picker computed, since
+    most requests read the parts of the chosen candidate only)."""
+
+    __slots__ = ("_columns", "_index", "_parts", "candidate", "score")
+
+    def __init__(self, candidate: Candidate, score: float, parts: dict[str, float] | None = None, *,
+                 columns: Sequence[tuple[str, Sequence[float]]] = (), index: int = 0) -> None:
+        self.candidate = candidate
+        self.score = score
+        self._parts = parts
+        self._columns = columns
+        self._index = index
+
+    @property
+    def parts(self) -> dict[str, float]:
+        if self._parts is None:
+            self._parts = {name: col[self._index] for name, col in self._columns}
+        return self._parts
+
+    def __repr__(self) -> str:
+        return f"Scored({self.candidate.profile.info.name!r}, {self.score:.3f}, {self.parts!r})"

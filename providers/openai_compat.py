@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
 import orjson
@@ -111,41 +111,57 @@ class SSEStream:
         self._first = first_token
         self._idle = idle
         self.headers = _power_header(resp)
+        # One generator for the stream's life: it holds bytes read past the last event.
+        self._iter = self._events()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._events()
+        return self._iter
 
-    async def _events(self) -> AsyncIterator[bytes]:
+    async def _events(self) -> AsyncGenerator[bytes, None]:
+        # Reads whatever has arrived and splits it into events, rather than awaiting line by
+        # line: one await (and one timer) per network read instead of two per event.
         content = self._resp.content
-        data: list[bytes] = []
+        buf = b""
         limit = self._first
         while True:
             try:
                 async with asyncio.timeout(limit):
-                    line = await content.readline()
+                    chunk = await content.readany()
             except TimeoutError:
                 raise ProviderError("timeout", f"{self._backend}: stream stalled") from None
             except aiohttp.ClientError as exc:
                 raise ProviderError("connect", f"{self._backend}: stream broken: {exc}") from None
-            if not line:
+            if not chunk:
                 # End of body without [DONE]: the relay judges from finish_reason whether it was cut.
-                if data:
-                    yield b"\n".join(data)
+                payload = _data_of(buf)
+                if payload and payload != b"[DONE]":
+                    yield payload
                 return
-            line = line.rstrip(b"\r\n")
-            if line.startswith(b"data:"):
-                payload = line[5:].lstrip(b" ")
+            buf = buf + chunk if buf else chunk
+            if b"\r" in chunk:
+                buf = buf.replace(b"\r\n", b"\n")
+            while (end := buf.find(b"\n\n")) >= 0:
+                payload = _data_of(buf[:end])
+                buf = buf[end + 2:]
+                if payload is None:
+                    continue  # a comment or an event without data
                 if payload == b"[DONE]":
                     return
-                data.append(payload)
-            elif not line and data:
                 limit = self._idle
-                yield data[0] if len(data) == 1 else b"\n".join(data)
-                data = []
+                yield payload
 
     async def aclose(self) -> None:
         # close() rather than release(): an unfinished stream's connection cannot be reused.
         self._resp.close()
+        await self._iter.aclose()
+
+
+def _data_of(event: bytes) -> bytes | None:
+    """The data of one server-sent event (its data lines joined), or None if it has none."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]
+    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
 
 
 def _retry_after(value: str | None) -> float | None:

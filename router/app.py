@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import random
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,52 +16,32 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from router.api import admin, dashboard, health, openai
-from router.backend_stats import StatsBook
+from router.admission import open_admission
+from router.api import admin, admin_tenants, dashboard, health, openai, route, usage
+from router.api.fastpath import FastPath, GatewayApp, RequestIdMiddleware, error_response
+from router.backend_stats import EjectionPolicy, StatsBook
 from router.config import FederationConfig
 from router.dispatch import Dispatcher
 from router.errors import GatewayError, InvalidRequest, RouteNotFound, error_body
 from router.federation import build_providers, stream_usage_backends
 from router.gateway import Gateway
 from router.keys import KeyStore
-from router.ledger import open_ledger, sqlite_path
+from router.ledger import open_ledger
 from router.metrics import Metrics
 from router.pricing import PriceMap
 from router.routing import Planner
 from router.settings import Settings
+from router.shedding import LoadShedder
+from router.state import open_store
 from router.tenancy import Tenancy
 from router.tokens import TokenCounter
 
 log = logging.getLogger("fedrouter")
 
 
-class RequestIdMiddleware:
-    """Gives every HTTP exchange an id, stamped on the response as x-request-id (errors too)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = "req_" + secrets.token_hex(12)
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
-def _error_response(err: GatewayError) -> Response:
-    return Response(err.body(), status_code=err.status, media_type="application/json",
-                    headers=err.response_headers())
+_error_response = error_response
 
 
 async def _on_gateway_error(_: Request, exc: Exception) -> Response:
@@ -88,19 +71,42 @@ async def _on_unexpected(_: Request, exc: Exception) -> Response:
                     status_code=500, media_type="application/json")
 
 
+def _front(inner: ASGIApp, gateway: Gateway, max_concurrency: int | None) -> ASGIApp:
+    """Outermost first: the request id, load shedding, then the inference fast path."""
+    app: ASGIApp = FastPath(inner, gateway)
+    if max_concurrency is not None:
+        app = LoadShedder(app, max_concurrency=max_concurrency)
+    return RequestIdMiddleware(app)
+
+
+def _mount_routes(app: FastAPI) -> None:
+    app.include_router(openai.router)
+    app.include_router(admin.router)
+    app.include_router(admin_tenants.router)
+    app.include_router(route.router)
+    app.include_router(usage.router)
+    app.include_router(usage.admin_router)
+    app.include_router(health.router)
+    app.include_router(dashboard.router)
+
+
 def create_app(config: FederationConfig, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    db_path = sqlite_path(settings.ledger)
     metrics = Metrics()
-    stats = StatsBook(config.routing.eject_after_failures, config.routing.eject_seconds)
     prices = PriceMap()
     providers = build_providers(config, prices)
-    keys = KeyStore(db_path, settings.key_cache_s)
-    ledger = open_ledger(settings.ledger)
+    stats = _stats_book(config, settings)
+    keys = KeyStore(settings.keys_path(), settings.key_cache_s)
+    ledger = open_ledger(settings.ledger, settings.ledger_retention_days)
     tokens = TokenCounter()
+    # A request's limits and budget reservation are held at most this long by a gateway that died.
+    lease_s = max(b.timeouts.total for b in config.backends) + 60.0
+    admission = open_admission(settings.state, settings.state_prefix + "adm:", ledger, lease_s)
+    tenancy = Tenancy(config, keys, settings.key_cache_s)
     gateway = Gateway(
-        tenancy=Tenancy(config, keys),
-        planner=Planner((p.info for p in providers.values()), stats, config.routing.exploration, random.Random()),
+        tenancy=tenancy, admission=admission,
+        planner=Planner((p.info for p in providers.values()), stats, config.routing.exploration, random.Random(),
+                        config=config),
         dispatcher=Dispatcher(providers, stats, config.routing, metrics),
         stats=stats, ledger=ledger, metrics=metrics, tokens=tokens, providers=providers,
         stream_usage=stream_usage_backends(config), max_body_bytes=config.limits.max_body_bytes,
@@ -109,16 +115,26 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ledger.start()
+        await tenancy.start()
+        for entry in tenancy.entries():  # budgets start from the ledger's spend of their period
+            await admission.prime(entry.config.name, list(entry.config.budgets))
+        await stats.start()
         tokens.warm()
         app.state.started = time.time()
+        # Start-up leaves a large heap of long-lived objects (FastAPI, pydantic, the tokenizer);
+        # freezing it keeps full collections, and their pauses, away from the request path.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
             await gateway.close()
+            await admission.close()
+            await stats.close()
             await ledger.close()
             keys.close()
 
-    app = FastAPI(title="fedrouter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = GatewayApp(title="fedrouter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
     app.state.keys = keys
     app.state.settings = settings
@@ -128,9 +144,19 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    app.include_router(openai.router)
-    app.include_router(admin.router)
-    app.include_router(health.router)
-    app.include_router(dashboard.router)
-    app.add_middleware(RequestIdMiddleware)
+    _mount_routes(app)
+    app.set_front(lambda inner: _front(inner, gateway, config.limits.max_concurrency))
     return app
+
+
+def _stats_book(config: FederationConfig, settings: Settings) -> StatsBook:
+    """Backend stats over the configured state store, this process being one replica of it."""
+    groups: dict[str, list[str]] = {}
+    for b in config.backends:
+        for model in b.model_map():
+            groups.setdefault(model, []).append(b.name)
+    replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    store = open_store(settings.state, settings.state_prefix, replica)
+    return StatsBook(store, EjectionPolicy.of(config.routing), groups,
+                     count_window_s=config.routing.retry_budget.window_s,
+                     freshness_s=settings.state_freshness_ms / 1000)

@@ -1,15 +1,22 @@
-"""The `fedrouter` command: serve, demo, keys, usage, check-config, local-model."""
+"""The `fedrouter` command: serve, demo, keys, usage, export, payouts, check-config, local-model."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from router.config import ConfigError, FederationConfig, load_config
 from router.settings import Settings
+
+if TYPE_CHECKING:
+    from router.ledger import Ledger
 
 _CONFIG_ENV = "FEDROUTER_CONFIG"
 
@@ -27,7 +34,7 @@ def _fail(message: str) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(**({"ledger": args.ledger} if getattr(args, "ledger", None) else {}))
+    return Settings(**{k: v for k in ("ledger", "state") if (v := getattr(args, k, None))})
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,6 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.ledger:
         os.environ["FEDROUTER_LEDGER"] = args.ledger
+    if args.state:
+        os.environ["FEDROUTER_STATE"] = args.state  # for the workers, which read the environment
     common = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": False,
               "loop": "auto", "http": "auto"}
     if args.workers > 1:
@@ -46,24 +55,6 @@ def _serve(args: argparse.Namespace) -> int:
     from router.app import create_app
 
     uvicorn.run(create_app(config, settings), **common)  # type: ignore[arg-type]
-    return 0
-
-
-def _keys_create(args: argparse.Namespace) -> int:
-    from router.keys import KeyStore
-    from router.ledger import sqlite_path
-
-    config = load_config(args.config)
-    if config.tenant(args.tenant) is None:
-        names = ", ".join(t.name for t in config.tenants) or "none"
-        return _fail(f"unknown tenant {args.tenant!r} (tenants in {args.config}: {names})")
-    store = KeyStore(sqlite_path(_settings(args).ledger))
-    try:
-        key, record = store.create(args.tenant)
-    finally:
-        store.close()
-    print(f"Created {record.key_id} for tenant {record.tenant}. It is shown once; store it now:")
-    print(key)
     return 0
 
 
@@ -86,6 +77,69 @@ def _usage(args: argparse.Namespace) -> int:
     print(f"cost (USD):    {float(t['cost_usd']):.6f}")  # type: ignore[arg-type]
     print(f"energy (Wh):   {float(t['energy_wh']):.6f}")  # type: ignore[arg-type]
     return 0
+
+
+def _one_of(value: str, allowed: tuple[str, ...], flag: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _period(args: argparse.Namespace) -> tuple[date, date]:
+    try:
+        start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    except ValueError:
+        raise ValueError(f"--from {args.start!r} / --to {args.end!r}: expected ISO dates (YYYY-MM-DD)") from None
+    if start > end:
+        raise ValueError(f"--from {start} is after --to {end}")
+    return start, end
+
+
+def _write_export(args: argparse.Namespace, body: Callable[[Ledger], AsyncIterator[bytes]]) -> int:
+    """Stream an export from the ledger to --output (or stdout), chunk by chunk."""
+    from router.ledger import ledger_kind, open_ledger, sqlite_path
+
+    url = _settings(args).ledger
+    if ledger_kind(url) == "sqlite" and not Path(sqlite_path(url)).exists():
+        raise ValueError(f"no ledger at {sqlite_path(url)} (give --ledger URL)")
+
+    async def run(out: BinaryIO) -> None:
+        ledger = open_ledger(url)
+        await ledger.start()
+        try:
+            async for chunk in body(ledger):
+                out.write(chunk)
+        finally:
+            await ledger.close()
+
+    with open(args.output, "wb") if args.output else contextlib.nullcontext(sys.stdout.buffer) as out:
+        asyncio.run(run(out))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from router.exports import FORMATS, GRANULARITIES, export, usage_rows
+
+    start, end = _period(args)
+    fmt = _one_of(args.format, FORMATS, "--format")
+    granularity = _one_of(args.granularity, GRANULARITIES, "--granularity")
+    if args.config and args.tenant and load_config(args.config).tenant(args.tenant) is None:
+        raise ValueError(f"unknown tenant {args.tenant!r} (not in {args.config})")
+    return _write_export(args, lambda ledger: export(usage_rows(ledger, args.tenant, start, end, granularity),
+                                                     fmt, granularity))  # type: ignore[arg-type]
+
+
+def _payouts(args: argparse.Namespace) -> int:
+    from router.exports import PAYOUT_FORMATS, export_payouts
+
+    start, end = _period(args)
+    fmt = _one_of(args.format, PAYOUT_FORMATS, "--format")
+
+    async def body(ledger: Ledger) -> AsyncIterator[bytes]:
+        async for chunk in export_payouts(await ledger.payouts(start, end), fmt):  # type: ignore[arg-type]
+            yield chunk
+
+    return _write_export(args, body)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -118,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--ledger", help="ledger URL (default sqlite:///fedrouter.db or $FEDROUTER_LEDGER)")
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--state", help="shared state for limits, budgets and stats: redis://HOST:PORT/DB "
+                       "(default: this process only, or $FEDROUTER_STATE)")
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="run the gateway with local demo backends of every class")
@@ -126,17 +182,28 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--ledger")
     demo.set_defaults(func=_demo)
 
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create a key for a tenant; prints it once (last line)")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--config", required=True)
-    create.add_argument("--ledger")
-    create.set_defaults(func=_keys_create)
+    from router.cli_tenants import add_parsers
+
+    add_parsers(sub)  # keys create|list|revoke|rotate, tenants list|create
 
     usage = sub.add_parser("usage", help="print a tenant's usage totals")
     usage.add_argument("--tenant", required=True)
     usage.add_argument("--ledger")
     usage.set_defaults(func=_usage)
+
+    export = sub.add_parser("export", help="export usage as CSV, JSON Lines or FOCUS 1.2")
+    export.add_argument("--tenant", help="one tenant (default: all)")
+    export.add_argument("--format", default="csv", help="csv | jsonl | focus")
+    export.add_argument("--granularity", default="request", help="request (events) | daily (rollups)")
+    export.add_argument("--config", help="check --tenant against this config")
+    payouts = sub.add_parser("payouts", help="per-backend tokens, revenue and energy, for operator payouts")
+    payouts.add_argument("--format", default="csv", help="csv | jsonl")
+    for cmd, func in ((export, _export), (payouts, _payouts)):
+        cmd.add_argument("--from", dest="start", required=True, help="first UTC day, YYYY-MM-DD")
+        cmd.add_argument("--to", dest="end", required=True, help="last UTC day (included), YYYY-MM-DD")
+        cmd.add_argument("--ledger", help="ledger URL (default sqlite:///fedrouter.db or $FEDROUTER_LEDGER)")
+        cmd.add_argument("--output", help="file to write (default: stdout)")
+        cmd.set_defaults(func=func)
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("config")

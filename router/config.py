@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from policies.base import PolicySpec
+from policies.base import Capability, PolicySpec
 from policies.presets import PRESETS
 from providers.base import BackendClass
+from router.energy import CarbonTable, UnknownZone
 
+_UNION_TAGS = ("str", "PolicySpec")
 _SECRET_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
@@ -42,6 +45,14 @@ class Energy(_Strict):
     joules_per_token: float = Field(gt=0)
 
 
+class Hardware(_Strict):
+    """The accelerators behind a backend; with measured throughput they give joules per token."""
+
+    gpu: str
+    count: int = Field(default=1, ge=1)
+    watts: float = Field(gt=0)  # board power of one accelerator
+
+
 class Timeouts(_Strict):
     connect: float = Field(default=5.0, gt=0)
     first_token: float = Field(default=60.0, gt=0)
@@ -58,6 +69,11 @@ class _BackendBase(_Strict):
     zone: str | None = None
     price: Price | None = None
     energy: Energy | None = None
+    hardware: Hardware | None = None
+    carbon_intensity: float | None = Field(default=None, ge=0)  # gCO2e/kWh; overrides the zone's grid
+    trust: float | None = Field(default=None, ge=0, le=1)  # default by class
+    context_length: int | None = Field(default=None, gt=0)  # prompt + output tokens it accepts
+    capabilities: list[Capability] | None = None  # None = not declared, never filtered on
     max_concurrency: int | None = Field(default=None, gt=0)
     timeouts: Timeouts = Timeouts()
 
@@ -119,10 +135,39 @@ class LiteLLMBackendConfig(_BackendBase):
 BackendConfig = Annotated[OpenAIBackendConfig | LiteLLMBackendConfig, Field(discriminator="type")]
 
 
+class RateLimits(_Strict):
+    """Per minute and in flight, for a tenant or one of its keys; None = no limit. Integers only."""
+
+    requests_per_minute: int | None = Field(default=None, gt=0, strict=True)
+    tokens_per_minute: int | None = Field(default=None, gt=0, strict=True)
+    concurrent_streams: int | None = Field(default=None, gt=0, strict=True)
+
+
+class Budget(_Strict):
+    """A cap on a tenant's spend over a UTC period: ``soft`` warns, ``hard`` refuses.
+    Units: usd in USD, kwh in kWh, kg_co2e in kg of CO2e."""
+
+    metric: Literal["usd", "kwh", "kg_co2e"]
+    period: Literal["daily", "monthly", "total"]
+    hard: float | None = Field(default=None, ge=0, strict=True, allow_inf_nan=False)
+    soft: float | None = Field(default=None, ge=0, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _limits(self) -> Budget:
+        if self.hard is None and self.soft is None:
+            raise ValueError("a budget needs a hard or a soft limit (or both)")
+        if self.hard is not None and self.soft is not None and self.soft > self.hard:
+            raise ValueError(f"soft limit {self.soft} is above the hard limit {self.hard}")
+        return self
+
+
 class TenantConfig(_Strict):
     name: str = Field(pattern=_NAME)
     policy: str | PolicySpec = "balanced"
     allow_volunteer: bool = False
+    limits: RateLimits = RateLimits()
+    budgets: list[Budget] = []
+    fallback_models: dict[str, list[str]] = {}  # model -> models tried in order when it has no backend
 
     @field_validator("policy")
     @classmethod
@@ -131,8 +176,40 @@ class TenantConfig(_Strict):
             raise ValueError(f"unknown policy preset {v!r}; presets are {', '.join(sorted(PRESETS))}")
         return v
 
+    @field_validator("budgets")
+    @classmethod
+    def _no_overlap(cls, v: list[Budget]) -> list[Budget]:
+        seen = [(b.metric, b.period) for b in v]
+        for metric, period in sorted({p for p in seen if seen.count(p) > 1}):
+            raise ValueError(f"overlapping budgets: two {metric} budgets over the same {period!r} period")
+        return v
+
     def policy_spec(self) -> PolicySpec:
-        return PRESETS[self.policy] if isinstance(self.policy, str) else self.policy
+        spec = PRESETS[self.policy] if isinstance(self.policy, str) else self.policy
+        if not self.fallback_models:
+            return spec
+        fallbacks = {**spec.fallback_models, **{m: tuple(f) for m, f in self.fallback_models.items()}}
+        return spec.model_copy(update={"fallback_models": fallbacks})
+
+
+class RetryBudget(_Strict):
+    """Retries (any attempt after a request's first) allowed over a sliding window, across all
+    replicas: ``ratio`` x requests + ``min_per_s`` x ``window_s``. Under a full outage upstream
+    attempts stay near the request rate instead of multiplying it."""
+
+    ratio: float = Field(default=0.2, ge=0, le=1)
+    min_per_s: float = Field(default=1.0, ge=0)
+    window_s: float = Field(default=10.0, ge=1, le=300)
+
+
+class HedgingConfig(_Strict):
+    """A second backend asked when the first has not answered by ``delay`` (its measured p95 time
+    to first token, or seconds); the first answer wins and the other is cancelled."""
+
+    enabled: bool = False
+    max_share: float = Field(default=0.05, ge=0, le=0.5)  # hedges per request, over the budget window
+    delay: Literal["p95_ttft"] | Annotated[float, Field(gt=0)] = "p95_ttft"
+    tenants: list[str] | None = None  # None: every tenant; else only these (latency-sensitive ones)
 
 
 class RoutingConfig(_Strict):
@@ -142,11 +219,23 @@ class RoutingConfig(_Strict):
     backoff_max: float = Field(default=1.0, ge=0)
     eject_after_failures: int = Field(default=3, ge=1)
     eject_seconds: float = Field(default=15.0, gt=0)
+    eject_error_rate: float = Field(default=0.5, gt=0, le=1)  # ... or this failure rate over the window
+    eject_min_requests: int = Field(default=20, ge=1)  # attempts in the window before the rate counts
+    max_ejected_share: float = Field(default=0.5, gt=0, le=1)  # of a model's backends; at least one may go
     exploration: float = Field(default=0.05, ge=0, le=0.5)
+    deadline_s: float = Field(default=120.0, gt=0)  # for a whole answer, or a stream's first event
+    retry_budget: RetryBudget = RetryBudget()
+    hedging: HedgingConfig = HedgingConfig()
 
 
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    #: Inference requests in flight (streams until they end) above which new ones get 503 at once.
+    max_concurrency: int | None = Field(default=None, gt=0)
+
+
+class CarbonConfig(_Strict):
+    intensity_file: str | None = None  # YAML/JSON {zone: gCO2e per kWh}, over EcoLogits' grid mixes
 
 
 class FederationConfig(_Strict):
@@ -154,6 +243,8 @@ class FederationConfig(_Strict):
     tenants: list[TenantConfig] = []
     routing: RoutingConfig = RoutingConfig()
     limits: LimitsConfig = LimitsConfig()
+    carbon: CarbonConfig = CarbonConfig()
+    fallback_models: dict[str, list[str]] = {}
 
     @model_validator(mode="after")
     def _unique_names(self) -> FederationConfig:
@@ -166,10 +257,58 @@ class FederationConfig(_Strict):
         for b in self.backends:
             if b.api_key and b.resolved_api_key() is None:
                 raise ValueError(f"backends[{b.name}].api_key: environment variable {b.api_key[4:]} is not set")
+        _check_zones(self)
+        _check_fallbacks(self)
+        if unknown := set(self.routing.hedging.tenants or ()) - {t.name for t in self.tenants}:
+            raise ValueError(f"routing.hedging.tenants: unknown tenant(s) {', '.join(sorted(unknown))}")
         return self
 
     def tenant(self, name: str) -> TenantConfig | None:
         return next((t for t in self.tenants if t.name == name), None)
+
+
+def _check_zones(config: FederationConfig) -> None:
+    """Every zone must have a grid intensity, unless the backend declares its own."""
+    table = CarbonTable(config.carbon.intensity_file)
+    zones = {b.zone for b in config.backends if b.zone is not None}
+    for b in config.backends:
+        if b.zone is not None and b.carbon_intensity is None:
+            try:
+                table.intensity(b.zone)
+            except UnknownZone as exc:
+                raise ValueError(f"backends[{b.name}].zone: {exc}") from None
+    for t in config.tenants:
+        spec = t.policy_spec()
+        for zone in sorted(spec.zones or ()):
+            if zone not in zones and table.canonical(zone) is None:
+                raise ValueError(f"tenants[{t.name}].policy.zones: unknown zone {zone!r}")
+
+
+def _check_fallbacks(config: FederationConfig) -> None:
+    """Fallback models must exist, and following them must never come back to where it started."""
+    known = {m for b in config.backends for m in b.model_map()}
+    graphs = [("fallback_models", config.fallback_models)]
+    graphs += [(f"tenants[{t.name}].fallback_models", {**config.fallback_models, **spec.fallback_models})
+               for t in config.tenants if (spec := t.policy_spec()).fallback_models]
+    for where, graph in graphs:
+        for model, fallbacks in graph.items():
+            for m in (model, *fallbacks):
+                if m not in known:
+                    raise ValueError(f"{where}[{model}]: unknown model {m!r}")
+        for model in graph:
+            cycle = _cycle(graph, [model])
+            if cycle:
+                raise ValueError(f"{where}: fallback cycle {' -> '.join(cycle)}")
+
+
+def _cycle(graph: Mapping[str, Sequence[str]], path: list[str]) -> list[str] | None:
+    for nxt in graph.get(path[-1], ()):
+        if nxt in path:
+            return [*path[path.index(nxt):], nxt]
+        found = _cycle(graph, [*path, nxt])
+        if found:
+            return found
+    return None
 
 
 def parse_config(raw: Any, source: str = "config") -> FederationConfig:
@@ -178,7 +317,8 @@ def parse_config(raw: Any, source: str = "config") -> FederationConfig:
     try:
         return FederationConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(err, raw, source) for err in exc.errors())) from None
+        errors = [err for err in exc.errors() if "str" not in err["loc"]] or exc.errors()
+        raise ConfigError("\n".join(_describe(err, raw, source) for err in errors)) from None
 
 
 def load_config(path: str | Path) -> FederationConfig:
@@ -216,6 +356,9 @@ def _where(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
             continue
         # The discriminator tag pydantic inserts after a list index is not a key of the file.
         if i > 0 and isinstance(loc[i - 1], int) and key in ("openai", "litellm") and key not in (node or {}):
+            continue
+        # So is the branch of a union (a policy is a preset name or a PolicySpec).
+        if key in _UNION_TAGS and not (isinstance(node, dict) and key in node):
             continue
         parts.append(str(key))
         node = node.get(key) if isinstance(node, dict) else None

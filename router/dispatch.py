@@ -1,21 +1,24 @@
-"""Ordered attempts across a plan's backends: retries with backoff, fallback, and the circuit
-breaker's bookkeeping. Wraps providers from the outside; providers know none of this."""
+"""Ordered attempts across a plan's backends: retries with jittered backoff under a shared retry
+budget and an overall deadline, fallback, probes of ejected backends, and hedging. Wraps
+providers from the outside; providers know none of this."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from policies.base import Scored
 from providers.base import EventStream, Provider, ProviderError, UpstreamRequest
 from router.backend_stats import StatsBook
 from router.config import RoutingConfig
 from router.errors import GatewayError, NoBackendAvailable, UpstreamRejected
+from router.hedging import Hedger, race
 from router.metrics import Metrics
 
 T = TypeVar("T")
@@ -30,6 +33,18 @@ class Attempts:
 
     count: int = 0
     errors: list[str] = field(default_factory=list)
+    answered: int = 0  # the number (1-based) of the attempt whose answer the client gets
+    hedged: list[tuple[Scored, int]] = field(default_factory=list)  # hedge losers cancelled, with their number
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What dispatch needs to know of the request besides its candidates."""
+
+    model: str
+    stream: bool = False
+    max_output_tokens: int = 0
+    hedge: bool = False  # the tenant's requests may be hedged
 
 
 @dataclass(slots=True)
@@ -40,6 +55,35 @@ class Opened:
     stream: EventStream
     first: bytes
     opened_at: float
+
+
+class _NoneLeft(Exception):
+    """Every candidate still in the rotation is ejected or being probed by another request."""
+
+
+class _Rotation:
+    """The candidates in order, round after round; one that cannot be tried now leaves it."""
+
+    def __init__(self, order: list[Scored]) -> None:
+        self.order = list(order)
+        self.i = 0
+        self.rounds = 0  # completed passes over the candidates
+
+    def peek(self) -> Scored | None:
+        return self.order[self.i] if self.order else None
+
+    def advance(self) -> None:
+        self.i += 1
+        if self.i >= len(self.order):
+            self.i, self.rounds = 0, self.rounds + 1
+
+    def drop(self, scored: Scored) -> None:
+        at = self.order.index(scored)
+        del self.order[at]
+        if at < self.i:
+            self.i -= 1
+        if self.order and self.i >= len(self.order):
+            self.i, self.rounds = 0, self.rounds + 1
 
 
 def upstream_request(endpoint: str, payload: dict[str, object], raw: bytes, scored: Scored, model: str,
@@ -70,59 +114,145 @@ class Dispatcher:
         self._stats = stats
         self._routing = routing
         self._metrics = metrics
+        self.hedger = Hedger(routing.hedging, stats)
 
-    async def run(self, order: list[Scored], attempts: Attempts,
-                  call: Callable[[Scored, Provider], Awaitable[T]]) -> tuple[Scored, T]:
+    async def run(self, job: Job, order: list[Scored], attempts: Attempts,
+                  call: Callable[[Scored, Provider], Awaitable[T]],
+                  discard: Callable[[T], Awaitable[None]] | None = None) -> tuple[Scored, T]:
         """Try ``call`` on the candidates in order; a candidate's turn comes again (after a
-        jittered backoff) only once every other candidate has failed."""
-        n = min(self._routing.max_attempts, len(order) * (1 + self._routing.retries_per_backend))
+        jittered backoff) only once every other candidate has failed. Retries stop at
+        ``max_attempts``, when the retry budget is spent, or at the deadline."""
+        r = self._routing
+        self._stats.count("requests")
+        rotation = _Rotation(order)
+        limit = min(r.max_attempts, len(order) * (1 + r.retries_per_backend))
+        deadline = time.monotonic() + r.deadline_s
+        why: list[str] = []
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(n),
-            wait=lambda state: self._wait(state, len(order)),
+            stop=lambda state: self._stop(state, attempts, limit, rotation, deadline, why),
+            wait=lambda state: self._wait(state, rotation),
             retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
             reraise=True,
         )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    scored = order[(attempt.retry_state.attempt_number - 1) % len(order)]
-                    return scored, await self._try(scored, attempts, call)
+            async with asyncio.timeout(r.deadline_s):
+                async for attempt in retrying:
+                    with attempt:
+                        first = attempt.retry_state.attempt_number == 1
+                        return await self._attempt(job, rotation, attempts, call, discard, first)
         except ProviderError as exc:
             if not exc.retryable:
                 raise _relay(exc) from None
-        raise NoBackendAvailable(
-            "Every backend able to serve this request failed: " + "; ".join(attempts.errors),
-            headers={"retry-after": "1"},
-        )
+        except TimeoutError:
+            raise GatewayError(f"No backend answered within the request deadline ({r.deadline_s:g} s): "
+                               + "; ".join(attempts.errors or ["still waiting"]), status=504,
+                               code="deadline_exceeded", headers={"retry-after": "1"}) from None
+        except _NoneLeft:
+            why.append("every remaining backend is ejected or being probed")
+        reasons = "; ".join(attempts.errors + why)
+        raise NoBackendAvailable(f"Every backend able to serve this request failed: {reasons}",
+                                 headers={"retry-after": "1"})
 
-    def _wait(self, state: RetryCallState, candidates: int) -> float:
+    def _stop(self, state: RetryCallState, attempts: Attempts, limit: int, rotation: _Rotation,
+              deadline: float, why: list[str]) -> bool:
+        """Whether to give up; a retry that goes ahead is counted against the budget here."""
+        if attempts.count >= limit or not rotation.order:
+            return True
+        if time.monotonic() + (state.upcoming_sleep or 0.0) >= deadline:
+            why.append("no time left before the request deadline")
+            return True
+        budget = self._routing.retry_budget
+        allowed = budget.ratio * self._stats.windowed("requests") + budget.min_per_s * budget.window_s
+        if self._stats.windowed("retries") + 1 > allowed:
+            why.append("retry budget exhausted")
+            self._metrics.attempts.labels("-", "budget_exhausted").inc()
+            return True
+        self._stats.count("retries")
+        return False
+
+    def _wait(self, state: RetryCallState, rotation: _Rotation) -> float:
+        if rotation.i != 0:
+            return 0.0  # the next attempt goes to another backend: no reason to wait
         exc = state.outcome.exception() if state.outcome else None
         retry_after = exc.retry_after if isinstance(exc, ProviderError) and exc.retry_after else 0.0
-        if state.attempt_number < candidates:
-            return 0.0  # the next attempt goes to another backend: no reason to wait
-        rounds = state.attempt_number // candidates
-        backoff = min(self._routing.backoff_max, self._routing.backoff_initial * 2 ** (rounds - 1))
-        return min(self._routing.backoff_max, max(retry_after, backoff * (0.5 + _jitter(state))))
+        r = self._routing
+        backoff = min(r.backoff_max, r.backoff_initial * 2 ** (max(rotation.rounds, 1) - 1))
+        return min(r.backoff_max, max(retry_after, backoff * (0.5 + _jitter(state))))
 
-    async def _try(self, scored: Scored, attempts: Attempts,
+    async def _attempt(self, job: Job, rotation: _Rotation, attempts: Attempts,
+                       call: Callable[[Scored, Provider], Awaitable[T]],
+                       discard: Callable[[T], Awaitable[None]] | None, first: bool) -> tuple[Scored, T]:
+        scored, probe = await self._next(job.model, rotation)
+        hedge = rotation.peek() if first and job.hedge and not probe else None
+        delay = None
+        if hedge is not None and hedge is not scored and self._usable(hedge, job.model):
+            delay = self.hedger.delay(scored.candidate.info.name, job.model, job.stream, job.max_output_tokens)
+        if delay is None or hedge is None:
+            n = _number(attempts)
+            result = await self._try(job.model, scored, probe, n, attempts, call)
+            attempts.answered = n
+            return scored, result
+        numbers = [_number(attempts), 0]
+
+        def second() -> Awaitable[T]:
+            assert hedge is not None
+            rotation.advance()
+            numbers[1] = _number(attempts)
+            return self._try(job.model, hedge, False, numbers[1], attempts, call)
+
+        raced = await race(lambda: self._try(job.model, scored, probe, numbers[0], attempts, call), second,
+                           delay, self.hedger.take, discard)
+        both = (scored, hedge)
+        if raced.cancelled is not None:
+            attempts.hedged.append((both[raced.cancelled], numbers[raced.cancelled]))
+        attempts.answered = numbers[raced.winner]
+        return both[raced.winner], raced.value
+
+    async def _next(self, model: str, rotation: _Rotation) -> tuple[Scored, bool]:
+        """The next candidate that may be tried now, and whether this attempt is its probe."""
+        while (scored := rotation.peek()) is not None:
+            name = scored.candidate.info.name
+            if self._stats.ejected(name, model):  # since planning, by this or another replica
+                rotation.drop(scored)
+            elif self._stats.half_open(name, model):
+                if await self._stats.claim_probe(name, model):
+                    rotation.advance()
+                    return scored, True
+                rotation.drop(scored)  # another request is probing it: go elsewhere
+            else:
+                rotation.advance()
+                return scored, False
+        raise _NoneLeft
+
+    def _usable(self, scored: Scored, model: str) -> bool:
+        name = scored.candidate.info.name
+        return not (self._stats.ejected(name, model) or self._stats.half_open(name, model))
+
+    async def _try(self, model: str, scored: Scored, probe: bool, number: int, attempts: Attempts,
                    call: Callable[[Scored, Provider], Awaitable[T]]) -> T:
         name = scored.candidate.info.name
-        attempts.count += 1
-        self._stats.started(name)
+        self._stats.started(name, model)
         try:
             result = await call(scored, self._providers[name])
         except ProviderError as exc:
             attempts.errors.append(exc.message)
             self._metrics.attempts.labels(name, exc.kind if exc.retryable else "rejected").inc()
             if exc.retryable:
-                self._stats.failure(name)
+                await self._stats.failure(name, model, probe=probe)
+            else:  # the request's own fault says nothing of the backend
+                self._stats.released(name, model, probe=probe)
+            raise
+        except BaseException:  # cancelled: a hedge lost, the deadline passed or the client left
+            self._metrics.attempts.labels(name, "cancelled").inc()
+            self._stats.released(name, model, probe=probe)
             raise
         finally:
-            self._stats.finished(name)
+            self._stats.finished(name, model)
+        self._stats.answered(name, model, probe=probe)
         self._metrics.attempts.labels(name, "ok").inc()
         return result
 
-    async def open_stream(self, order: list[Scored], attempts: Attempts,
+    async def open_stream(self, job: Job, order: list[Scored], attempts: Attempts,
                           make: Callable[[Scored], UpstreamRequest]) -> Opened:
         """Open a stream and wait for its first event; until then, a failure falls back unseen."""
 
@@ -142,12 +272,20 @@ class Dispatcher:
                                     status=502, body=first)
             return Opened(scored, stream, first, time.perf_counter())
 
-        _, opened = await self.run(order, attempts, call)
-        self._stats.started(opened.scored.candidate.info.name)  # in flight until the relay ends
+        async def discard(opened: Opened) -> None:
+            await opened.stream.aclose()
+
+        _, opened = await self.run(job, order, attempts, call, discard)
+        self._stats.started(opened.scored.candidate.info.name, job.model)  # in flight until the relay ends
         return opened
 
-    def stream_done(self, name: str) -> None:
-        self._stats.finished(name)
+    def stream_done(self, name: str, model: str) -> None:
+        self._stats.finished(name, model)
+
+
+def _number(attempts: Attempts) -> int:
+    attempts.count += 1
+    return attempts.count
 
 
 def _jitter(state: RetryCallState) -> float:

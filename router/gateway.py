@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from policies.base import RequestShape, Scored
 from providers.base import Endpoint, Provider, UpstreamResponse
+from router.admission import DEFAULT_MAX_OUTPUT, Admission, LocalAdmission, Ticket, demand, needs_output_cap
 from router.api.body import optional_int, parse_object, read_body, require
 from router.backend_stats import StatsBook
-from router.dispatch import Attempts, Dispatcher, upstream_request
-from router.errors import InvalidRequest
+from router.dispatch import Attempts, Dispatcher, Job, upstream_request
+from router.errors import InvalidRequest, ModelNotFound
 from router.ledger.base import Ledger
-from router.metering import RequestContext, build_record, observe
+from router.metering import RequestContext, build_record, decision_json, observe
 from router.metrics import Metrics
-from router.routing import Planner, Tenant
+from router.overrides import parse as parse_overrides
+from router.overrides import strip as strip_overrides
+from router.routing import Planner, Tenant, request_needs
 from router.streaming import EventStreamResponse, StreamRelay
-from router.tenancy import Tenancy
+from router.tenancy import Caller, Tenancy
 from router.tokens import TokenCounter
 
 _DEFAULT_MAX_OUTPUT = 256
@@ -40,8 +44,9 @@ class _Parsed:
 class Gateway:
     def __init__(self, *, tenancy: Tenancy, planner: Planner, dispatcher: Dispatcher, stats: StatsBook,
                  ledger: Ledger, metrics: Metrics, tokens: TokenCounter, providers: dict[str, Provider],
-                 stream_usage: frozenset[str], max_body_bytes: int) -> None:
+                 stream_usage: frozenset[str], max_body_bytes: int, admission: Admission | None = None) -> None:
         self.tenancy = tenancy
+        self.admission = admission or LocalAdmission(ledger)
         self.planner = planner
         self.dispatcher = dispatcher
         self.stats = stats
@@ -57,44 +62,86 @@ class Gateway:
         started = time.perf_counter()
         tenant = await self.tenancy.authenticate(request.headers.get("authorization"))
         parsed = _check(endpoint, await read_body(request, self._limit))
-        plan = self.planner.plan(parsed.model, tenant, parsed.shape)
+        override = parse_overrides(parsed.payload)
+        await self.stats.refresh(parsed.model)  # ejections made by other replicas, at most a few ms old
+        plan = self.planner.plan(_allowed(tenant, parsed.model), tenant, parsed.shape, override)
+        _allowed(tenant, plan.model)
+        if override is not None or plan.model != parsed.model:
+            parsed = _retarget(parsed, plan.model)
         ctx = RequestContext(request.scope["state"]["request_id"], tenant.name, parsed.model, endpoint,
-                             parsed.stream, received, started)
-        if parsed.stream:
-            return await self._stream(ctx, parsed, plan.order)
-        return await self._complete(ctx, parsed, plan.order)
+                             parsed.stream, received, started, tenant.key_id, decision_json(plan))
+        parsed, ticket = await self._admit(ctx, tenant, parsed, plan.order)
+        try:
+            if parsed.stream:
+                return await self._stream(ctx, parsed, plan.order, ticket)  # the relay settles from here on
+            return await self._complete(ctx, parsed, plan.order, ticket)
+        except BaseException:
+            await self.admission.settle(ticket, None)  # nothing billed (a no-op if settled already)
+            raise
 
-    async def _complete(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored]) -> Response:
+    async def _admit(self, ctx: RequestContext, tenant: Caller, parsed: _Parsed,
+                     order: list[Scored]) -> tuple[_Parsed, Ticket]:
+        """Rate limits and the budget reservation; every exit path after this settles the ticket."""
+        if needs_output_cap(list(tenant.budgets), ctx.endpoint, parsed.payload):
+            parsed = _capped(parsed)
+        ticket = await self.admission.admit(demand(
+            request_id=ctx.request_id, tenant=tenant.name, key_id=tenant.key_id or "", limits=tenant.limits,
+            key_limits=tenant.key.limits if tenant.key else None, budgets=list(tenant.budgets),
+            endpoint=ctx.endpoint, payload=parsed.payload, body_bytes=len(parsed.body),
+            prompt_estimate=parsed.shape.input_tokens, order=order, stream=parsed.stream, received=ctx.received_ts))
+        return parsed, ticket
+
+    async def _complete(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket) -> Response:
         attempts = Attempts()
 
         async def call(scored: Scored, provider: Provider) -> UpstreamResponse:
             req = upstream_request(ctx.endpoint, parsed.payload, parsed.body, scored, parsed.model, False)
             return await provider.complete(req)
 
-        scored, resp = await self.dispatcher.run(order, attempts, call)
+        scored, resp = await self.dispatcher.run(self._job(ctx, parsed), order, attempts, call)
+        self._hedge_overhead(ctx, parsed, attempts)
         tokens_in, tokens_out, source = self._usage_of(parsed.payload, resp.data)
-        record = build_record(ctx, scored, tokens_in, tokens_out, "ok", source, attempts.count, None)
+        record = build_record(ctx, scored, tokens_in, tokens_out, "ok", source, attempts.count, None,
+                              attempt=attempts.answered or None)
+        await self.admission.settle(ticket, record)
         name = scored.candidate.info.name
-        self.stats.success(name, _ttft_estimate(record.latency_ms / 1000, tokens_out, scored), tokens_out,
-                           record.latency_ms / 1000)
+        self.stats.success(name, ctx.model, _ttft_estimate(record.latency_ms / 1000, tokens_out, scored),
+                           tokens_out, record.latency_ms / 1000)
+        self.planner.observe_power(name, resp.headers, still_counted=False)
         await self.ledger.submit(record)  # durable before the client sees the answer
         observe(self.metrics, record)
-        return Response(resp.body, media_type=_JSON, headers=_headers(scored, attempts))
+        return Response(resp.body, media_type=_JSON, headers={**_headers(scored, attempts), **ticket.headers})
 
-    async def _stream(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored]) -> Response:
+    async def _stream(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket) -> Response:
         attempts = Attempts()
 
         def make(scored: Scored) -> Any:
             add_usage = scored.candidate.info.name in self._stream_usage
             return upstream_request(ctx.endpoint, parsed.payload, parsed.body, scored, parsed.model, add_usage)
 
-        opened = await self.dispatcher.open_stream(order, attempts, make)
+        opened = await self.dispatcher.open_stream(self._job(ctx, parsed), order, attempts, make)
+        self._hedge_overhead(ctx, parsed, attempts)
+        self.planner.observe_power(opened.scored.candidate.info.name, opened.stream.headers, still_counted=True)
         relay = StreamRelay(
             ctx, opened, attempts, client_usage=parsed.client_usage,
             prompt_tokens=lambda: self.tokens.count_prompt(parsed.payload), ledger=self.ledger,
-            stats=self.stats, metrics=self.metrics, tokens=self.tokens, release=self.dispatcher.stream_done,
+            stats=self.stats, metrics=self.metrics, tokens=self.tokens,
+            release=lambda name: self.dispatcher.stream_done(name, ctx.model),
+            settle=lambda record: self.admission.settle(ticket, record),
         )
-        return EventStreamResponse(relay.events(), _headers(opened.scored, attempts))
+        return EventStreamResponse(relay.events(), {**_headers(opened.scored, attempts), **ticket.headers},
+                                   relay.abandon)
+
+    def _job(self, ctx: RequestContext, parsed: _Parsed) -> Job:
+        return Job(ctx.model, parsed.stream, parsed.shape.max_output_tokens,
+                   self.dispatcher.hedger.applies(ctx.tenant))
+
+    def _hedge_overhead(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts) -> None:
+        """A hedged attempt that lost still read the prompt: recorded as overhead, not billed."""
+        for scored, number in attempts.hedged:
+            self.ledger.submit(build_record(ctx, scored, self.tokens.count_prompt(parsed.payload), 0, "cancelled",
+                                            "counted", attempts.count, None, attempt=number, kind="hedge",
+                                            billed=False))
 
     def _usage_of(self, payload: dict[str, Any], data: dict[str, Any]) -> tuple[int, int, str]:
         usage = data.get("usage")
@@ -140,8 +187,31 @@ def _check(endpoint: Endpoint, body: bytes) -> _Parsed:
         raise InvalidRequest("'stream_options' is only allowed when 'stream' is true and must be an object.",
                              param="stream_options", code="invalid_value")
     client_usage = bool(stream and opts and opts.get("include_usage") is True)
-    shape = RequestShape(len(body) // 4, _DEFAULT_MAX_OUTPUT if max_out is None else max_out)
+    shape = RequestShape(len(body) // 4, _DEFAULT_MAX_OUTPUT if max_out is None else max_out,
+                         request_needs(endpoint, payload))
     return _Parsed(body, payload, model, bool(stream), client_usage, shape)
+
+
+def _allowed(tenant: Caller, model: str) -> str:
+    if not tenant.may_use(model):  # the key's model allow-list: answered as OpenAI does, not found
+        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+    return model
+
+
+def _capped(parsed: _Parsed) -> _Parsed:
+    """A request of a tenant with a hard budget and no max output gets the default one, so the
+    backend stops where the budget reservation does."""
+    payload = {**parsed.payload, "max_tokens": DEFAULT_MAX_OUTPUT}
+    return replace(parsed, body=orjson.dumps(payload), payload=payload,
+                   shape=replace(parsed.shape, max_output_tokens=DEFAULT_MAX_OUTPUT))
+
+
+def _retarget(parsed: _Parsed, model: str) -> _Parsed:
+    """The request without the gateway's routing fields and for the model planned, serialised
+    once here so that every attempt sends the same bytes."""
+    payload = strip_overrides(parsed.payload)
+    payload["model"] = model
+    return replace(parsed, body=orjson.dumps(payload), payload=payload, model=model)
 
 
 def _ttft_estimate(latency_s: float, tokens_out: int, scored: Scored) -> float:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import orjson
+
 from policies.base import Scored
-from router.ledger.base import Outcome, UsageRecord
+from router.ledger.base import Kind, Outcome, UsageRecord
 from router.metrics import Metrics
+from router.routing import Plan
 
 _J_PER_WH = 3600.0
 
@@ -23,13 +26,30 @@ class RequestContext:
     stream: bool
     received_ts: float  # wall clock, for the ledger
     started: float  # perf_counter, for latency
+    key_id: str | None = None
+    decision: str | None = None  # decision_json of the request's plan
+
+
+def decision_json(plan: Plan) -> str:
+    """Why the request went where it did: candidates in order with their scores, and the
+    backends filtered out with the reason; kept on every ledger event of the request."""
+    return orjson.dumps({  # about 2 µs for four candidates: cheap enough for every request
+        "candidates": [{"backend": s.candidate.info.name, "score": s.score, "parts": s.parts} for s in plan.order],
+        "rejected": plan.rejected,
+    }).decode()
 
 
 def build_record(ctx: RequestContext, scored: Scored, input_tokens: int, output_tokens: int,
-                 outcome: Outcome, tokens_source: str, attempts: int, ttft_s: float | None) -> UsageRecord:
+                 outcome: Outcome, tokens_source: str, attempts: int, ttft_s: float | None, *,
+                 attempt: int | None = None, kind: Kind = "request", billed: bool = True) -> UsageRecord:
+    """The event of one attempt. The billed one (``kind="request"``) is the attempt that answered
+    the client, by default the last of ``attempts``; a failed retried or losing hedged attempt
+    that consumed tokens is recorded with ``kind="retry"``/``"hedge"`` and ``billed=False``."""
     cand = scored.candidate
     cost = (input_tokens * (cand.price_input or 0.0) + output_tokens * (cand.price_output or 0.0)) / 1e6
-    energy = (input_tokens + output_tokens) * (cand.info.joules_per_token or 0.0) / _J_PER_WH
+    # The estimate chosen at planning (measured, declared or derived), with its provenance.
+    joules = cand.energy.joules(input_tokens, output_tokens)
+    energy = (joules or 0.0) / _J_PER_WH
     return UsageRecord(
         request_id=ctx.request_id,
         ts=ctx.received_ts,
@@ -49,15 +69,15 @@ def build_record(ctx: RequestContext, scored: Scored, input_tokens: int, output_
         tokens_source="upstream" if tokens_source == "upstream" else "counted",
         attempts=attempts,
         stream=ctx.stream,
+        attempt=attempts if attempt is None else attempt,
+        kind=kind,
+        billed=billed,
+        key_id=ctx.key_id,
+        energy_source="none" if joules is None else cand.energy.source,
+        carbon_g=energy / 1000.0 * (cand.profile.carbon_intensity or 0.0),
+        decision=ctx.decision,
     )
 
 
 def observe(metrics: Metrics, rec: UsageRecord) -> None:
-    metrics.requests.labels(rec.endpoint, rec.model, rec.backend, rec.outcome).inc()
-    metrics.duration.labels(rec.endpoint, rec.backend).observe(rec.latency_ms / 1000.0)
-    if rec.ttft_ms is not None and rec.stream:
-        metrics.ttft.labels(rec.backend).observe(rec.ttft_ms / 1000.0)
-    metrics.tokens.labels(rec.backend, "input").inc(rec.input_tokens)
-    metrics.tokens.labels(rec.backend, "output").inc(rec.output_tokens)
-    metrics.cost.labels(rec.tenant, rec.backend).inc(rec.cost_usd)
-    metrics.energy.labels(rec.backend, rec.backend_class).inc(rec.energy_wh)
+    metrics.observe_usage(rec)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from router.ledger.base import UsageRecord
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -36,3 +40,31 @@ class Metrics:
                               ["backend"], registry=r)
         self.ledger_pending = Gauge("fedrouter_ledger_pending_records",
                                     "Usage records queued but not yet committed.", registry=r)
+        self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+
+    def observe_usage(self, rec: UsageRecord) -> None:
+        """Count one finished request. The labelled children are cached per label set, since
+        looking them up costs more than the counting itself."""
+        key = (rec.endpoint, rec.model, rec.backend, rec.outcome, rec.tenant, rec.backend_class)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) > 10_000:
+                self._children.clear()
+            children = self._children[key] = (
+                self.requests.labels(rec.endpoint, rec.model, rec.backend, rec.outcome),
+                self.duration.labels(rec.endpoint, rec.backend),
+                self.ttft.labels(rec.backend),
+                self.tokens.labels(rec.backend, "input"),
+                self.tokens.labels(rec.backend, "output"),
+                self.cost.labels(rec.tenant, rec.backend),
+                self.energy.labels(rec.backend, rec.backend_class),
+            )
+        requests, duration, ttft, tokens_in, tokens_out, cost, energy = children
+        requests.inc()
+        duration.observe(rec.latency_ms / 1000.0)
+        if rec.ttft_ms is not None and rec.stream:
+            ttft.observe(rec.ttft_ms / 1000.0)
+        tokens_in.inc(rec.input_tokens)
+        tokens_out.inc(rec.output_tokens)
+        cost.inc(rec.cost_usd)
+        energy.inc(rec.energy_wh)

@@ -23,6 +23,7 @@ import importlib
 import itertools
 import math
 import os
+import random
 import signal
 import struct
 import time
@@ -50,6 +51,7 @@ class SimBehavior:
     fail_status: int = 0
     fail_count: int = -1
     stall_s: float = 0.0
+    stall_probability: float = 1.0  # the share of streams that stall for stall_s (seeded by the sim's name)
     drop_after_chunks: int = -1
     omit_usage: bool = False
     power_watts: float | None = None
@@ -211,7 +213,8 @@ def _unit_vector(key: bytes, dims: int) -> array[float]:
 
 
 def _fresh_stats() -> dict[str, Any]:
-    return {"requests": 0, "completed": 0, "cancelled_streams": 0, "failed": 0, "dropped": 0, "by_path": {}}
+    return {"requests": 0, "completed": 0, "cancelled_streams": 0, "failed": 0, "dropped": 0, "stalled": 0,
+            "by_path": {}}
 
 
 class SimBackend:
@@ -222,6 +225,7 @@ class SimBackend:
         self.behavior = behavior or SimBehavior()
         self._initial = dataclasses.replace(self.behavior)
         self.stats: dict[str, Any] = _fresh_stats()
+        self._rng = random.Random(name)  # the same stalls in the same order on every run
         self.last_request: Body | None = None
         self.last_headers: dict[str, str] = {}
         model = {"object": "model", "created": int(time.time()), "owned_by": name}
@@ -248,6 +252,7 @@ class SimBackend:
     def reset(self) -> None:
         """Zero the counters and restore, in place, the behaviour given to the constructor."""
         self.stats, self.last_request, self.last_headers = _fresh_stats(), None, {}
+        self._rng = random.Random(self.name)
         for field in dataclasses.fields(self._initial):
             setattr(self.behavior, field.name, getattr(self._initial, field.name))
 
@@ -318,8 +323,11 @@ class SimBackend:
         response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
         await response.prepare(request)
         try:
-            if b.stall_s + b.ttft_s > 0:
-                await asyncio.sleep(b.stall_s + b.ttft_s)
+            p = b.stall_probability
+            stall = b.stall_s if p >= 1 or (p > 0 and self._rng.random() < p) else 0.0
+            self.stats["stalled"] += stall > 0
+            if stall + b.ttft_s > 0:
+                await asyncio.sleep(stall + b.ttft_s)
             if not gap and drop_after < 0:  # nothing to pace: one write
                 await response.write(b"".join(frame for frame, _ in frames))
             else:

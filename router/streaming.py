@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -35,7 +35,8 @@ def frame(payload: bytes) -> bytes:
 class StreamRelay:
     def __init__(self, ctx: RequestContext, opened: Opened, attempts: Attempts, *, client_usage: bool,
                  prompt_tokens: Callable[[], int], ledger: Ledger, stats: StatsBook, metrics: Metrics,
-                 tokens: TokenCounter, release: Callable[[str], None]) -> None:
+                 tokens: TokenCounter, release: Callable[[str], None],
+                 settle: Callable[[UsageRecord | None], Awaitable[None]] | None = None) -> None:
         self._ctx = ctx
         self._opened = opened
         self._attempts = attempts
@@ -46,6 +47,8 @@ class StreamRelay:
         self._metrics = metrics
         self._tokens = tokens
         self._release = release
+        self._settle = settle  # gives the request's budget reservation back, at its real cost
+        self._started = False
         self._usage: dict[str, Any] | None = None
         self._text: list[str] = []
         self._finished = False
@@ -56,6 +59,7 @@ class StreamRelay:
         name = opened.scored.candidate.info.name
         outcome: Outcome = "client_disconnected"
         record: UsageRecord | None = None
+        self._started = True
         try:
             out = self._take(opened.first)
             if out is not None:
@@ -74,7 +78,7 @@ class StreamRelay:
             yield DONE
         except ProviderError as exc:
             outcome = "upstream_error"
-            self._stats.failure(name)
+            await self._stats.failure(name, self._ctx.model)
             self._metrics.attempts.labels(name, exc.kind).inc()
             yield frame(error_body(f"The backend failed mid-stream: {exc.message}", "server_error",
                                    None, "upstream_stream_error"))
@@ -82,16 +86,29 @@ class StreamRelay:
             outcome = "client_disconnected"
             raise
         finally:
-            await opened.stream.aclose()
-            self._release(name)
-            if record is None:
-                record = self._record(outcome)
-                self._ledger.submit(record)  # queued now; the writer makes it durable
-            elif outcome == "ok":
-                generation = time.perf_counter() - opened.opened_at
-                ttft = opened.opened_at - self._ctx.started
-                self._stats.success(name, ttft, record.output_tokens, generation)
-            observe(self._metrics, record)
+            await self._end(outcome, record)
+
+    async def abandon(self) -> None:
+        """End a relay whose events were never read (the client left before the first one)."""
+        if not self._started:
+            self._started = True
+            await self._end("client_disconnected", None)
+
+    async def _end(self, outcome: Outcome, record: UsageRecord | None) -> None:
+        opened = self._opened
+        name = opened.scored.candidate.info.name
+        await opened.stream.aclose()
+        self._release(name)
+        if record is None:
+            record = self._record(outcome)
+            self._ledger.submit(record)  # queued now; the writer makes it durable
+        elif outcome == "ok":
+            generation = time.perf_counter() - opened.opened_at
+            ttft = opened.opened_at - self._ctx.started
+            self._stats.success(name, self._ctx.model, ttft, record.output_tokens, generation)
+        observe(self._metrics, record)
+        if self._settle is not None:
+            await self._settle(record)
 
     def _take(self, payload: bytes) -> bytes | None:
         try:
@@ -141,7 +158,7 @@ class StreamRelay:
             source = "counted"
         ttft = self._opened.opened_at - self._ctx.started
         return build_record(self._ctx, self._opened.scored, tokens_in, tokens_out, outcome, source,
-                            self._attempts.count, ttft)
+                            self._attempts.count, ttft, attempt=self._attempts.answered or None)
 
     def _usage_chunk(self, rec: UsageRecord) -> bytes:
         last = self._last or {}
@@ -162,11 +179,13 @@ class EventStreamResponse(Response):
     """An SSE response that notices a client leaving even while the upstream is silent, and
     then cancels the relay (and with it the upstream call)."""
 
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str],
+                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         # Response.__init__ is skipped on purpose: it would render a body this response streams.
         self.status_code = 200
         self.background = None
         self._events = events
+        self._on_close = on_close  # runs last, also when the events were never read
         self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
         self.raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
 
@@ -180,6 +199,8 @@ class EventStreamResponse(Response):
                 task.cancel()
             await asyncio.gather(pump, watch, return_exceptions=True)
             await self._events.aclose()  # type: ignore[attr-defined]
+            if self._on_close is not None:
+                await self._on_close()
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})

@@ -18,7 +18,7 @@ import uvicorn
 import yaml
 from fastapi import FastAPI
 
-from router.api import admin
+from router.api import admin, admin_tenants
 from router.api.dashboard import router as dashboard_router
 from router.metrics import Metrics
 
@@ -147,7 +147,7 @@ def test_page_calls_existing_admin_routes(base_url: str) -> None:
     found = re.findall(r'getJSON\("(\w+)"\)|"(\w+)\?limit=', script)
     called = {f"/admin/v1/{literal or query}" for literal, query in found}
     assert called == {"/admin/v1/backends", "/admin/v1/tenants", "/admin/v1/usage"}
-    assert called <= {getattr(route, "path", None) for route in admin.router.routes}
+    assert called <= {getattr(route, "path", None) for route in (*admin.router.routes, *admin_tenants.router.routes)}
 
 
 # ---- Grafana -------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ from router.keys import KeyStore
 from router.settings import Settings
 
 
-def _gateway(request: Request) -> Gateway:
+async def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
-def _keys(request: Request) -> KeyStore:
+async def _keys(request: Request) -> KeyStore:
     return request.app.state.keys  # type: ignore[no-any-return]
 
 
@@ -25,7 +25,7 @@ GatewayDep = Annotated[Gateway, Depends(_gateway)]
 KeysDep = Annotated[KeyStore, Depends(_keys)]
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     settings: Settings = request.app.state.settings
     if settings.admin_key is None:
         raise PermissionDenied("The admin API is disabled: set FEDROUTER_ADMIN_KEY to enable it.")

@@ -3,6 +3,7 @@
 A record is durable once its batch's COMMIT has returned: with WAL and synchronous=NORMAL the
 transaction is in the WAL file, which survives the gateway being killed (not a power cut).
 Batching every record waiting at that moment into one transaction keeps this cheap under load.
+The daily rollups are kept by a trigger inside that same transaction.
 """
 
 from __future__ import annotations
@@ -11,24 +12,31 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import date
 from typing import Any
 
-from router.ledger.base import COLUMNS, UsageRecord
+from router.ledger.base import (
+    COLUMNS,
+    PAYOUT_COLUMNS,
+    ROLLUP_COLUMNS,
+    Retention,
+    UsageRecord,
+    day_bounds,
+    done_future,
+    resolve,
+    row_of,
+    stop_task,
+)
+from router.ledger.schema import ROLLUP_SOURCES, SQLITE_MIGRATIONS
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
-    request_id TEXT PRIMARY KEY,
-    ts REAL NOT NULL, tenant TEXT NOT NULL, backend TEXT NOT NULL, backend_class TEXT NOT NULL,
-    zone TEXT, model TEXT NOT NULL, endpoint TEXT NOT NULL,
-    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL, energy_wh REAL NOT NULL, latency_ms REAL NOT NULL, ttft_ms REAL,
-    outcome TEXT NOT NULL, tokens_source TEXT NOT NULL, attempts INTEGER NOT NULL, stream INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_tenant_ts ON usage (tenant, ts);
-"""
-_INSERT = f"INSERT OR IGNORE INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INSERT = (f"INSERT INTO usage_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+           "ON CONFLICT (event_id) DO NOTHING")
 _MAX_BATCH = 512
+_PRUNE_CHUNK = 5000
 _STOP = None
+_Item = tuple[UsageRecord, asyncio.Future[None]]
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -39,22 +47,46 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migration steps; returns the schema version. BEGIN IMMEDIATE takes the write
+    lock first, so two gateway processes starting together migrate once, one after the other."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+        for version, statements in enumerate(SQLITE_MIGRATIONS[current:], start=current + 1):
+            for sql in statements:
+                conn.execute(sql)
+            conn.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, time.time()))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(SQLITE_MIGRATIONS)
+
+
 class SQLiteLedger:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, retention_days: int | None = None) -> None:
         self._path = path
-        self._queue: queue.SimpleQueue[tuple[UsageRecord, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        self._retention = Retention(retention_days)
+        self._pruner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         conn = connect(self._path)
-        conn.executescript(_SCHEMA)
+        await asyncio.to_thread(migrate, conn)
         self._thread = threading.Thread(target=self._write_loop, args=(conn,), name="ledger-writer", daemon=True)
         self._thread.start()
         self._reader = conn if self._path == ":memory:" else connect(self._path)
+        self._reader.row_factory = sqlite3.Row
+        self._pruner = self._retention.start(self)
 
     def submit(self, record: UsageRecord) -> asyncio.Future[None]:
+        if self._retention.too_old(record):
+            return done_future()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put((record, fut))
         return fut
@@ -77,46 +109,99 @@ class SQLiteLedger:
                     self._queue.put(_STOP)
                     break
                 batch.append(nxt)
-            error: BaseException | None = None
-            try:
-                conn.execute("BEGIN")
-                conn.executemany(_INSERT, [_row(rec) for rec, _ in batch])
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                conn.execute("ROLLBACK") if conn.in_transaction else None
-                error = exc
-            for _, fut in batch:
-                fut.get_loop().call_soon_threadsafe(_resolve, fut, error)
+            self._commit(conn, batch)
         if self._path != ":memory:":
             conn.close()
 
-    async def _read(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        error = _write(conn, [row_of(rec) for rec, _ in batch])
+        if error is not None and len(batch) > 1:
+            # One bad record must not fail the requests batched with it: write them one by one.
+            for item in batch:
+                self._commit(conn, [item])
+            return
+        for _, fut in batch:
+            fut.get_loop().call_soon_threadsafe(resolve, fut, error)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         assert self._reader is not None, "ledger not started"
         reader = self._reader
-
-        def run() -> list[sqlite3.Row]:
-            reader.row_factory = sqlite3.Row
-            return reader.execute(sql, args).fetchall()
-
         async with self._lock:  # one reader connection, used from one thread at a time
-            return await asyncio.to_thread(run)
+            return await asyncio.to_thread(fn, reader)
 
-    async def totals(self, tenant: str | None = None) -> dict[str, Any]:
-        where, args = ("WHERE tenant = ?", (tenant,)) if tenant else ("", ())
-        rows = await self._read(
-            "SELECT COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens, "
-            "COALESCE(SUM(output_tokens), 0) AS output_tokens, COALESCE(SUM(cost_usd), 0) AS cost_usd, "
-            f"COALESCE(SUM(energy_wh), 0) AS energy_wh FROM usage {where}",
-            args,
-        )
+    async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        return await self._read(lambda conn: conn.execute(sql, args).fetchall())  # type: ignore[no-any-return]
+
+    async def totals(self, tenant: str | None = None, since: date | None = None,
+                     until: date | None = None) -> dict[str, Any]:
+        where, args = _rollup_where(tenant, since, until)
+        sums = ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in ROLLUP_SOURCES)
+        rows = await self._fetch(f"SELECT {sums} FROM usage_daily {where}", args)
         return dict(rows[0])
 
     async def recent(self, limit: int = 50, tenant: str | None = None) -> list[dict[str, Any]]:
         where, args = ("WHERE tenant = ?", (tenant, limit)) if tenant else ("", (limit,))
-        rows = await self._read(f"SELECT * FROM usage {where} ORDER BY ts DESC LIMIT ?", args)
-        return [dict(r) for r in rows]
+        rows = await self._fetch(f"SELECT * FROM usage_events {where} ORDER BY ts DESC, event_id DESC LIMIT ?", args)
+        return [_event(r) for r in rows]
+
+    async def events(self, tenant: str | None, start: date, end: date,
+                     page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        lo, hi = day_bounds(start, end)
+        scope, scope_args = ("tenant = ? AND ", (tenant,)) if tenant else ("", ())
+        after: tuple[float, str] = (lo, "")
+        while True:
+            rows = await self._fetch(
+                f"SELECT * FROM usage_events WHERE {scope}ts < ? AND (ts, event_id) > (?, ?) "
+                "ORDER BY ts, event_id LIMIT ?", (*scope_args, hi, *after, page_size))
+            for row in rows:
+                yield _event(row)
+            if len(rows) < page_size:
+                return
+            after = (rows[-1]["ts"], rows[-1]["event_id"])
+
+    async def rollups(self, tenant: str | None, start: date, end: date,
+                      page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        where, args = _rollup_where(tenant, start, end)
+        key = "(day, tenant, backend, model)"
+        after: tuple[str, ...] = ("", "", "", "")
+        while True:
+            rows = await self._fetch(
+                f"SELECT {', '.join(ROLLUP_COLUMNS)} FROM usage_daily {where} AND {key} > (?, ?, ?, ?) "
+                f"ORDER BY {key[1:-1]} LIMIT ?", (*args, *after, page_size))
+            for row in rows:
+                yield dict(row)
+            if len(rows) < page_size:
+                return
+            after = tuple(rows[-1][c] for c in ("day", "tenant", "backend", "model"))
+
+    async def payouts(self, start: date, end: date) -> list[dict[str, Any]]:
+        where, args = _rollup_where(None, start, end)
+        rows = await self._fetch(
+            "SELECT backend, MAX(backend_class), MAX(zone), SUM(requests), SUM(input_tokens), SUM(output_tokens), "
+            "SUM(cost_usd), SUM(energy_wh + unbilled_energy_wh), SUM(carbon_g + unbilled_carbon_g), "
+            "SUM(unbilled_events), SUM(unbilled_input_tokens + unbilled_output_tokens), SUM(unbilled_energy_wh) "
+            f"FROM usage_daily {where} GROUP BY backend ORDER BY backend", args)
+        return [dict(zip(PAYOUT_COLUMNS, r, strict=True)) for r in rows]
+
+    async def prune(self) -> int:
+        cutoff = self._retention.cutoff()
+        if cutoff is None:
+            return 0
+
+        def run(conn: sqlite3.Connection) -> int:
+            total = 0
+            while True:  # small transactions, so the writer thread never waits long
+                n = conn.execute("DELETE FROM usage_events WHERE rowid IN (SELECT rowid FROM usage_events "
+                                 "WHERE ts < ? LIMIT ?)", (cutoff, _PRUNE_CHUNK)).rowcount
+                total += n
+                if n < _PRUNE_CHUNK:
+                    return total
+
+        return await self._read(run)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
+        await stop_task(self._pruner)
+        self._pruner = None
         if self._thread is not None:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._thread.join)
@@ -126,14 +211,30 @@ class SQLiteLedger:
         self._reader = None
 
 
-def _row(rec: UsageRecord) -> tuple[Any, ...]:
-    return tuple(getattr(rec, c) for c in COLUMNS)
+def _write(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> BaseException | None:
+    try:
+        conn.execute("BEGIN")
+        conn.executemany(_INSERT, rows)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return exc
+    return None
 
 
-def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
+def _rollup_where(tenant: str | None, since: date | None, until: date | None) -> tuple[str, tuple[Any, ...]]:
+    conds: list[str] = []
+    args: list[Any] = []
+    for cond, value in (("tenant = ?", tenant), ("day >= ?", since), ("day <= ?", until)):
+        if value is not None:
+            conds.append(cond)
+            args.append(value.isoformat() if isinstance(value, date) else value)
+    return "WHERE " + " AND ".join(conds or ["1 = 1"]), tuple(args)
+
+
+def _event(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["stream"] = bool(out["stream"])
+    out["billed"] = bool(out["billed"])
+    return out
