@@ -136,10 +136,21 @@ class Dispatcher:
         )
         try:
             async with asyncio.timeout(r.deadline_s):
+                # The first attempt runs outside tenacity, whose bookkeeping costs more than the
+                # rest of dispatch; a failure is replayed into it as its first attempt, so the
+                # retry, stop and wait rules see exactly what they would have seen.
+                try:
+                    return await self._attempt(job, rotation, attempts, call, discard, True)
+                except ProviderError as exc:
+                    if not exc.retryable:
+                        raise
+                    failed: ProviderError | None = exc
                 async for attempt in retrying:
                     with attempt:
-                        first = attempt.retry_state.attempt_number == 1
-                        return await self._attempt(job, rotation, attempts, call, discard, first)
+                        if failed is not None:
+                            replay, failed = failed, None
+                            raise replay
+                        return await self._attempt(job, rotation, attempts, call, discard, False)
         except ProviderError as exc:
             if not exc.retryable:
                 raise _relay(exc) from None

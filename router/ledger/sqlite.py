@@ -9,6 +9,7 @@ The daily rollups are kept by a trigger inside that same transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -34,6 +35,7 @@ from router.ledger.schema import ROLLUP_SOURCES, SQLITE_MIGRATIONS
 _INSERT = (f"INSERT INTO usage_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
            "ON CONFLICT (event_id) DO NOTHING")
 _MAX_BATCH = 512
+_CHECKPOINT_EVERY_S = 1.0
 _PRUNE_CHUNK = 5000
 _STOP = None
 _Item = tuple[UsageRecord, asyncio.Future[None]]
@@ -74,12 +76,22 @@ class SQLiteLedger:
         self._lock = asyncio.Lock()
         self._retention = Retention(retention_days)
         self._pruner: asyncio.Task[None] | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     async def start(self) -> None:
         conn = connect(self._path)
         await asyncio.to_thread(migrate, conn)
         self._thread = threading.Thread(target=self._write_loop, args=(conn,), name="ledger-writer", daemon=True)
         self._thread.start()
+        if self._path != ":memory:":
+            # SQLite checkpoints the WAL inside whichever commit crosses its threshold, and the
+            # fsyncs of a checkpoint then stall that commit (and the responses waiting on it) for
+            # milliseconds. The writer never checkpoints; this thread does, beside it, PASSIVE.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(connect(self._path),),
+                                                  name="ledger-checkpoint", daemon=True)
+            self._checkpointer.start()
         self._reader = conn if self._path == ":memory:" else connect(self._path)
         self._reader.row_factory = sqlite3.Row
         self._pruner = self._retention.start(self)
@@ -112,6 +124,14 @@ class SQLiteLedger:
             self._commit(conn, batch)
         if self._path != ":memory:":
             conn.close()
+
+    def _checkpoint_loop(self, conn: sqlite3.Connection) -> None:
+        while not self._stopping.wait(_CHECKPOINT_EVERY_S):
+            with contextlib.suppress(sqlite3.Error):  # a missed one only lets the WAL grow until the next
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         error = _write(conn, [row_of(rec) for rec, _ in batch])
@@ -206,6 +226,10 @@ class SQLiteLedger:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        if self._checkpointer is not None:
+            self._stopping.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._reader is not None and self._path != ":memory:":
             self._reader.close()
         self._reader = None
