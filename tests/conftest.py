@@ -7,10 +7,8 @@ of its own. Tests talk to both over HTTP only, as a client and an operator would
 from __future__ import annotations
 
 import asyncio
-import socket
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +24,7 @@ from router.config import parse_config
 from router.keys import KeyStore
 from router.settings import Settings
 from router.sim import SimBackend, SimBehavior, start_sim
-
-ADMIN_KEY = "test-admin-key-0123456789"
+from tests.servers import ADMIN_KEY, start_uvicorn
 
 
 class LoopThread:
@@ -149,13 +146,6 @@ DEFAULT_TENANTS = [{"name": "acme", "policy": "balanced", "allow_volunteer": Tru
                    {"name": "other", "policy": "balanced"}]
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @pytest.fixture
 def start_gateway() -> Iterator[Callable[..., Gateway]]:
     running: list[Gateway] = []
@@ -171,16 +161,8 @@ def start_gateway() -> Iterator[Callable[..., Gateway]]:
         store = KeyStore(db_path)
         keys = {t.name: store.create(t.name)[0] for t in config.tenants}
         store.close()
-        sock = _free_socket()
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.01)
-        gw = Gateway(sock.getsockname()[1], keys, db_path, server, thread, app)
+        server, thread, port = start_uvicorn(app)
+        gw = Gateway(port, keys, db_path, server, thread, app)
         running.append(gw)
         return gw
 
