@@ -140,8 +140,14 @@ class SQLiteLedger:
             for item in batch:
                 self._commit(conn, [item])
             return
+        # One wake-up of each event loop per batch, not one per record: every
+        # call_soon_threadsafe writes to the loop's self-pipe.
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, fut in batch:
-            fut.get_loop().call_soon_threadsafe(resolve, fut, error)
+            by_loop.setdefault(fut.get_loop(), []).append(fut)
+        for loop, futures in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_resolve_all, futures, error)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         assert self._reader is not None, "ledger not started"
@@ -233,6 +239,11 @@ class SQLiteLedger:
         if self._reader is not None and self._path != ":memory:":
             self._reader.close()
         self._reader = None
+
+
+def _resolve_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for fut in futures:
+        resolve(fut, error)
 
 
 def _write(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> BaseException | None:
