@@ -29,7 +29,7 @@ MODEL = "bench-model"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}
 STREAM = {**CHAT, "max_tokens": 4, "stream": True}
 STREAM_BEHAVIOR = {"ttft_s": 0.020, "tokens_per_s": 200.0}  # the slow upstream of the streaming figure
-TARGETS = ("direct", "minimal", "fedrouter")
+TARGETS = ("direct", "minimal", "fedrouter", "fedrouter_nowait")
 # figure -> (label, limit, whether the limit is a ceiling); the targets in bench/README.md
 GOALS: dict[str, tuple[str, float, bool]] = {
     "throughput_ratio": ("throughput c=64, fedrouter / minimal proxy", 2 / 3, False),
@@ -38,6 +38,7 @@ GOALS: dict[str, tuple[str, float, bool]] = {
     "added_ttfb_p50_ms": ("added stream TTFB p50 (ms)", 1.0, True),
     "rss_mb": ("gateway RSS after load (MB)", 150.0, True),
     "ready_s": ("start-up to /healthz, median of 3 (s)", 2.0, True),
+    "durable_cost_p50_ms": ("durable recording's added latency p50, c=1 (ms)", 1.0, True),
 }
 ROWS = (("rps_c64", "req/s, c=64", ".0f"), ("p50_ms", "latency p50, c=1 (ms)", ".3f"),
         ("p99_ms", "latency p99, c=1 (ms)", ".3f"), ("ttfb_p50_ms", "stream TTFB p50 (ms)", ".2f"),
@@ -63,9 +64,10 @@ class Processes:
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **(env or {})})
         self.procs.append(proc)
         return proc
 
@@ -102,12 +104,16 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes], timeout_s: f
     raise RuntimeError(f"port {port} did not answer {path} within {timeout_s} s")
 
 
-def start_gateway(procs: Processes, config: Path, ledger: str) -> tuple[subprocess.Popen[bytes], int, float]:
-    """Spawn ``fedrouter serve`` and return it, its port and the seconds until /healthz answered."""
+def start_gateway(procs: Processes, config: Path, ledger: str, durable: bool = True,
+                  keys_db: str | None = None) -> tuple[subprocess.Popen[bytes], int, float]:
+    """Spawn ``fedrouter serve`` and return it, its port and the seconds until /healthz answered.
+    ``durable=False`` is the same gateway with responses not waiting for their ledger commit."""
     port = free_port()
     began = time.perf_counter()
-    proc = procs.spawn("fedrouter", "fedrouter", "serve", "--config", str(config), "--host", HOST,
-                       "--port", str(port), "--workers", "1", "--ledger", ledger)
+    proc = procs.spawn("fedrouter" if durable else "fedrouter_nowait", "fedrouter", "serve", "--config", str(config),
+                       "--host", HOST, "--port", str(port), "--workers", "1", "--ledger", ledger,
+                       env={"FEDROUTER_LEDGER_DURABLE": "true" if durable else "false",
+                            **({"FEDROUTER_KEYS_DB": keys_db} if keys_db else {})})
     wait_ready(port, "/healthz", proc)
     return proc, port, time.perf_counter() - began
 
@@ -218,7 +224,8 @@ def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], ttfb: dict[str, 
 
 
 def table(per: dict[str, dict[str, Any]], goals: dict[str, float]) -> str:
-    rows = ["| figure | direct | minimal proxy | fedrouter |", "|---|---:|---:|---:|"]
+    rows = ["| figure | direct | minimal proxy | fedrouter | fedrouter, ledger not awaited |",
+            "|---|---:|---:|---:|---:|"]
     rows += [f"| {label} | " + " | ".join(format(per[t][key], fmt) for t in TARGETS) + " |" for key, label, fmt in ROWS]
     rows += ["", "| target | fedrouter | goal | met |", "|---|---:|---:|:---:|"]
     for key, value in goals.items():
@@ -249,7 +256,10 @@ def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
     proxy = procs.spawn("minimal", sys.executable, str(BENCH / "minimal_proxy.py"), "--host", HOST,
                         "--port", str(proxy_port), "--upstream", f"http://{HOST}:{sim_port}")
     wait_ready(proxy_port, "/v1/models", proxy)
-    ports = {"direct": sim_port, "minimal": proxy_port, "fedrouter": gateway_port}
+    # Its own ledger file, the same keys: the two gateways must not share one SQLite writer.
+    _, nowait_port, _ = start_gateway(procs, config, f"sqlite:///{tmp / 'ledger-nowait.db'}", durable=False,
+                                      keys_db=str(tmp / "ledger.db"))
+    ports = {"direct": sim_port, "minimal": proxy_port, "fedrouter": gateway_port, "fedrouter_nowait": nowait_port}
     urls = {t: f"http://{HOST}:{p}/v1/chat/completions" for t, p in ports.items()}
     check_targets(ports, key)
 
@@ -260,7 +270,7 @@ def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
         raise RuntimeError(f"the sim refused {STREAM_BEHAVIOR}")
     ttfb = asyncio.run(ttfb_samples(urls, key, mode.stream_n))
     per = summarise(runs, ttfb)
-    d, m, f = (per[t] for t in TARGETS)
+    d, m, f, nowait = (per[t] for t in TARGETS)
     goals = {
         "throughput_ratio": f["rps_c64"] / m["rps_c64"],
         "added_p50_ms": f["p50_ms"] - d["p50_ms"],
@@ -268,6 +278,7 @@ def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
         "added_ttfb_p50_ms": f["ttfb_p50_ms"] - d["ttfb_p50_ms"],
         "rss_mb": rss_mb(gateway.pid),
         "ready_s": statistics.median(ready_s),
+        "durable_cost_p50_ms": f["p50_ms"] - nowait["p50_ms"],
     }
     return {"mode": mode.__dict__, "targets": per, "goals": goals, "ready_s_samples": ready_s,
             "stream_request": STREAM, "stream_behavior": STREAM_BEHAVIOR, "chat_request": CHAT,

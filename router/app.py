@@ -29,6 +29,7 @@ from router.federation import build_providers, stream_usage_backends
 from router.gateway import Gateway
 from router.keys import KeyStore
 from router.ledger import open_ledger
+from router.ledger.base import Unawaited
 from router.metrics import Metrics
 from router.pricing import PriceMap
 from router.routing import Planner
@@ -98,6 +99,8 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
     stats = _stats_book(config, settings)
     keys = KeyStore(settings.keys_path(), settings.key_cache_s)
     ledger = open_ledger(settings.ledger, settings.ledger_retention_days)
+    if not settings.ledger_durable:
+        ledger = Unawaited(ledger)  # type: ignore[assignment]
     tokens = TokenCounter()
     # A request's limits and budget reservation are held at most this long by a gateway that died.
     lease_s = max(b.timeouts.total for b in config.backends) + 60.0

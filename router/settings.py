@@ -13,6 +13,9 @@ class Settings(BaseSettings):
     ledger: str = "sqlite:///fedrouter.db"
     #: Seconds a positive or negative API key lookup is cached; a revoked key stops working after it.
     key_cache_s: float = Field(default=10.0, ge=0)
+    #: Whether a response waits for its usage record to be committed (the durability promise).
+    #: Off, records are still written by the same group commit, but one a crash cuts short is lost.
+    ledger_durable: bool = True
     #: Days raw usage events are kept; daily rollups (and so totals) are kept for good. None keeps all.
     ledger_retention_days: int | None = Field(default=None, ge=1)
     #: SQLite file of the API keys. Default: the ledger's file for an SQLite ledger, else fedrouter-keys.db

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import pytest_asyncio
 
 from router.ledger import Ledger, open_ledger
 from router.ledger.base import FIELDS, ROLLUP_COLUMNS, UsageRecord
 from router.ledger.schema import SQLITE_MIGRATIONS
+from tests.conftest import backend_entry
+from tests.servers import admin, serve
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 D1, D2, D3 = date(2025, 3, 1), date(2025, 3, 2), date(2025, 3, 3)
@@ -293,3 +296,25 @@ async def test_sqlite_migrates_a_first_release_database(tmp_path: Path) -> None:
     versions = sqlite3.connect(path)
     assert versions.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
     versions.close()
+
+
+def test_gateway_with_unawaited_ledger_still_records_every_request(start_sim_backend, tmp_path):
+    """FEDROUTER_LEDGER_DURABLE=false: answers do not wait for the commit, records still land."""
+    sim = start_sim_backend("nowait")
+    config = {"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}
+    with serve(config, ledger=f"sqlite:///{tmp_path / 'l.db'}", ledger_durable=False) as url:
+        key = httpx.post(url + "/admin/v1/keys", headers=admin(), json={"tenant": "acme"}).json()["key"]
+        ids = set()
+        for stream in (False, True, False):
+            r = httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                           json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3,
+                                 "stream": stream})
+            assert r.status_code == 200
+            ids.add(r.headers["x-request-id"])
+        deadline = time.monotonic() + 5
+        seen: set[str] = set()
+        while seen != ids and time.monotonic() < deadline:
+            recent = httpx.get(url + "/admin/v1/usage", params={"tenant": "acme"}, headers=admin()).json()["recent"]
+            seen = {row["request_id"] for row in recent}
+            time.sleep(0.05)
+    assert seen == ids

@@ -193,3 +193,19 @@ def done_future() -> asyncio.Future[None]:
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     fut.set_result(None)
     return fut
+
+
+class Unawaited:
+    """A ledger whose ``submit`` does not wait for the commit: for an operator who trades the
+    durability promise for latency (``FEDROUTER_LEDGER_DURABLE=false``), and for the benchmark
+    that prices that promise. Everything else is the wrapped ledger's."""
+
+    def __init__(self, inner: Ledger) -> None:
+        self._inner = inner
+
+    def submit(self, record: UsageRecord) -> asyncio.Future[None]:
+        self._inner.submit(record)
+        return done_future()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
