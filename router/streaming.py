@@ -190,14 +190,30 @@ class EventStreamResponse(Response):
         self.raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (pump, watch):
+        # The relay runs in this task, a watcher beside it cancels the task if the client leaves:
+        # one extra task per stream rather than two and a wait, which the first byte would pay for.
+        task = asyncio.current_task()
+        assert task is not None
+        left, pumping = False, True
+
+        def client_left(watch: asyncio.Future[None]) -> None:
+            nonlocal left
+            if pumping and not watch.cancelled() and watch.exception() is None:
+                left = True
                 task.cancel()
-            await asyncio.gather(pump, watch, return_exceptions=True)
+
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        watch.add_done_callback(client_left)
+        try:
+            await self._pump(send)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            task.uncancel()  # our own cancellation, for a client that is gone: nothing to report
+        finally:
+            pumping = False  # a disconnect noticed from here on must not cancel the clean-up
+            watch.remove_done_callback(client_left)
+            watch.cancel()
             await self._events.aclose()  # type: ignore[attr-defined]
             if self._on_close is not None:
                 await self._on_close()
