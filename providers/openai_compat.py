@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
@@ -11,6 +12,7 @@ import orjson
 from providers.base import BackendInfo, ProviderError, UpstreamRequest, UpstreamResponse
 
 _JSON = "application/json"
+_DRAIN_S = 0.05  # how long a finished stream may take to end its body before its connection is dropped
 
 
 class OpenAICompatProvider:
@@ -113,6 +115,7 @@ class SSEStream:
         self.headers = _power_header(resp)
         # One generator for the stream's life: it holds bytes read past the last event.
         self._iter = self._events()
+        self._done = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iter
@@ -146,14 +149,29 @@ class SSEStream:
                 if payload is None:
                     continue  # a comment or an event without data
                 if payload == b"[DONE]":
+                    self._done = True
                     return
                 limit = self._idle
                 yield payload
 
     async def aclose(self) -> None:
-        # close() rather than release(): an unfinished stream's connection cannot be reused.
-        self._resp.close()
-        await self._iter.aclose()
+        if not self._done:
+            # close() rather than release(): an unfinished stream's connection cannot be reused.
+            # Closed first, so that a read in flight elsewhere (a cancelled hedge) ends at once.
+            self._resp.close()
+            with contextlib.suppress(RuntimeError):  # the generator is still running in that task
+                await self._iter.aclose()
+            return
+        if not self._resp.closed:
+            # A finished stream's connection goes back to the pool once its body's end (the last,
+            # empty chunk) is read: a new connection per stream costs about a millisecond.
+            try:
+                async with asyncio.timeout(_DRAIN_S):
+                    await self._resp.content.read()
+            except (TimeoutError, aiohttp.ClientError):
+                self._resp.close()
+            else:
+                self._resp.release()
 
 
 def _data_of(event: bytes) -> bytes | None:
