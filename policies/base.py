@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -42,6 +43,23 @@ class Weights(BaseModel):
     def active(self) -> tuple[tuple[str, float], ...]:
         """The (scorer, weight) pairs that count, in a fixed order."""
         return tuple((n, getattr(self, n)) for n in SCORER_NAMES if getattr(self, n) > 0)
+
+    @cached_property
+    def mix(self) -> Mix:
+        """The weights as the picker uses them, computed once per (frozen) object."""
+        active = self.active()
+        total = sum(w for _, w in active)
+        names = tuple(n for n, _ in active)
+        return Mix(names, tuple(w / total for _, w in active), tuple(SCORER_NAMES.index(n) for n in names))
+
+
+class Mix(NamedTuple):
+    """The scorers that count, in a fixed order, each with its share of the score (summing to 1)
+    and its position in ``SCORER_NAMES``."""
+
+    names: tuple[str, ...]
+    shares: tuple[float, ...]
+    columns: tuple[int, ...]
 
 
 BALANCED = Weights(latency=1.0, price=1.0, energy=0.5, carbon=0.5, load=0.5, trust=0.5)
@@ -170,25 +188,52 @@ class RequestShape:
     needs: frozenset[str] = frozenset()  # capabilities the request uses
 
 
+class Table:
+    """The costs of the weighted scorers across one plan's candidates, with how each column
+    normalises to a score in [0, 1] (1 = best): per scorer ``(costs, hi, span)``, a score being
+    ``(hi - cost) / span``; 1.0 for every candidate when the known costs are all equal or none is
+    known (``span`` None); 0.0 for an unknown cost, which so scores as the worst known. The
+    normalised columns are built on the first read of a candidate's parts, once for the plan."""
+
+    __slots__ = ("_columns", "names", "params")
+
+    def __init__(self, names: Sequence[str], params: Sequence[tuple[Sequence[float | None], float, float | None]]
+                 ) -> None:
+        self.names = names
+        self.params = params
+        self._columns: list[tuple[str, list[float]]] | None = None
+
+    def parts(self, i: int) -> dict[str, float]:
+        if self._columns is None:
+            self._columns = [(name, _normalised(*p)) for name, p in zip(self.names, self.params, strict=True)]
+        return {name: col[i] for name, col in self._columns}
+
+
+def _normalised(costs: Sequence[float | None], hi: float, span: float | None) -> list[float]:
+    if span is None:
+        return [1.0] * len(costs)
+    return [0.0 if c is None else (hi - c) / span for c in costs]
+
+
 class Scored:
     """A candidate with its weighted score in [0, 1] and the normalised score of each scorer
-    that counted (``parts``, built on first read from the columns the picker computed, since
-    most requests read the parts of the chosen candidate only)."""
+    that counted (``parts``, built on first read from the table the picker computed, since
+    most requests read the parts of a few candidates only)."""
 
-    __slots__ = ("_columns", "_index", "_parts", "candidate", "score")
+    __slots__ = ("_index", "_parts", "_table", "candidate", "score")
 
-    def __init__(self, candidate: Candidate, score: float, parts: dict[str, float] | None = None, *,
-                 columns: Sequence[tuple[str, Sequence[float]]] = (), index: int = 0) -> None:
+    def __init__(self, candidate: Candidate, score: float, parts: dict[str, float] | None = None,
+                 table: Table | None = None, index: int = 0) -> None:
         self.candidate = candidate
         self.score = score
         self._parts = parts
-        self._columns = columns
+        self._table = table
         self._index = index
 
     @property
     def parts(self) -> dict[str, float]:
         if self._parts is None:
-            self._parts = {name: col[self._index] for name, col in self._columns}
+            self._parts = {} if self._table is None else self._table.parts(self._index)
         return self._parts
 
     def __repr__(self) -> str:

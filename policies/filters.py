@@ -7,7 +7,10 @@ from collections.abc import Iterable
 from policies.base import Candidate, Constraints, PolicySpec, RequestShape
 
 _ALL_CLASSES = frozenset({"datacenter", "sovereign", "volunteer"})
-_J_PER_KWH = 3.6e6
+J_PER_KWH = 3.6e6
+# The reasons that waiting may clear (the router answers them with 503 and retry-after).
+EJECTED = "ejected after failures"
+AT_LIMIT = "at its concurrency limit"
 
 
 def allowed_classes(policy: PolicySpec, allow_volunteer: bool) -> frozenset[str]:
@@ -34,7 +37,7 @@ def request_carbon_g(c: Candidate, req: RequestShape) -> float | None:
     joules = c.energy.joules(req.input_tokens, req.max_output_tokens)
     if joules is None or c.profile.carbon_intensity is None:
         return None
-    return joules * c.profile.carbon_intensity / _J_PER_KWH
+    return joules * c.profile.carbon_intensity / J_PER_KWH
 
 
 def reachable(c: Candidate, cons: Constraints) -> str | None:
@@ -60,9 +63,9 @@ def fits(c: Candidate, cons: Constraints, req: RequestShape) -> str | None:
     """The constraints that depend on the request and the backend's state (``reachable`` aside)."""
     p, stats = c.profile, c.stats
     if stats.ejected:
-        return "ejected after failures"
+        return EJECTED
     if p.info.max_concurrency is not None and stats.inflight >= p.info.max_concurrency:
-        return "at its concurrency limit"
+        return AT_LIMIT
     if p.context_length is not None and req.input_tokens + req.max_output_tokens > p.context_length:
         return f"context length {p.context_length} < {req.input_tokens + req.max_output_tokens} tokens"
     if req.needs and p.capabilities is not None and not req.needs <= p.capabilities:

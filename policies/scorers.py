@@ -1,6 +1,7 @@
 """Scorers: each maps a candidate to a cost for this request; ``normalise`` turns costs into
 scores in [0, 1] across the candidates (1 = best). Unknown values score as the worst known one,
-so an undeclared price or energy never looks free."""
+so an undeclared price or energy never looks free. These are the definitions; the request path
+runs them fused, in ``pickers.weigh``, and the tests hold the two to the same result."""
 
 from __future__ import annotations
 

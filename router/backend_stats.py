@@ -36,6 +36,7 @@ _KEEP = 200  # samples per key: enough for a stable p95
 _HORIZON_S = 60.0  # samples older than this say little about the backend now
 _PROBE_LEASE_S = 30.0  # a probe holder that dies frees the probe after this
 _MAX_GROWTH = 10  # the n-th ejection in a row lasts n x base, at most this many x base
+_NO_STATS = Stats()  # frozen: shared by every key never measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +142,13 @@ class StatsBook:
             v = views[busiest]
             return Stats(v.ttft_s, v.tokens_per_s, v.error_rate, sum(x.inflight for x in views),
                          all(x.ejected for x in views))
-        e = self._entries.get(store_key(backend, model))
+        return self.view_key(store_key(backend, model))
+
+    def view_key(self, key: str) -> Stats:
+        """``view`` by store key: the planner's read, once per candidate per request."""
+        e = self._entries.get(key)
         if e is None:
-            return Stats()
+            return _NO_STATS
         now = self._clock()
         if e.view is not None and now < e.view[1]:
             return e.view[0]
