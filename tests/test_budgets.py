@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from router.ledger.base import UsageRecord
 from tests.conftest import backend_entry
 from tests.openai_schema import validate
 from tests.servers import admin, serve
-from tests.test_cli import FEDROUTER, _free_port, _run, _wait_ready
+from tests.test_cli import FEDROUTER, _free_port, _run, _stop, _wait_ready
 
 REDIS = "redis://127.0.0.1:6379/0"
 BODY = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 50})
@@ -302,12 +301,7 @@ def _gateway_process(cfg: str, ledger: str, prefix: str):
             _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+            _stop(proc)
 
 
 def test_200_concurrent_requests_across_two_gateways_on_one_redis(start_sim_backend, tmp_path):
