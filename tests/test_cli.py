@@ -154,21 +154,30 @@ def test_demo_starts_and_routes(tmp_path):
 
 
 def test_demo_policies_route_differently(tmp_path):
+    """Each demo tenant's policy ranks the demo backends as it promises. Checked on the dry-run
+    ranking, which has no exploration draw (a real request may try an unmeasured backend first)."""
     port = _free_port()
     with _spawn("demo", "--port", str(port), "--ledger", f"sqlite:///{tmp_path}/d.db", cwd=tmp_path) as proc:
         _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
         keys: dict[str, str] = {}
+        admin_key = ""
         while len(keys) < 5:  # the banner is printed before the server starts
             line = proc.stdout.readline()  # type: ignore[union-attr]
+            if "admin key" in line:
+                admin_key = line.split()[-1]
             if line.strip().startswith("tenant "):
                 keys[line.split()[1]] = line.split()[-1]
-        served = {}
+        top = {}
         for tenant in ("eu-gov", "green", "frugal"):
-            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                           headers={"authorization": f"Bearer {keys[tenant]}"},
-                           json={"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "x"}],
-                                 "max_tokens": 2}, timeout=10)
-            served[tenant] = r.headers["x-fedrouter-backend"]
-    assert served["eu-gov"] == "eu-sovereign"
-    assert served["green"] == "volunteer-berlin"  # lowest joules per token
-    assert served["frugal"] == "volunteer-berlin"  # free
+            ranking = httpx.get(f"http://127.0.0.1:{port}/admin/v1/route",
+                                params={"model": "llama-3.1-8b-instruct", "tenant": tenant},
+                                headers={"authorization": f"Bearer {admin_key}"}, timeout=10).json()
+            top[tenant] = ranking["models"][0]["candidates"][0]["backend"]
+        served = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                            headers={"authorization": f"Bearer {keys['eu-gov']}"},
+                            json={"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "x"}],
+                                  "max_tokens": 2}, timeout=10)
+    assert served.headers["x-fedrouter-backend"] == "eu-sovereign"  # its only admissible backend
+    assert top["eu-gov"] == "eu-sovereign"
+    assert top["green"] == "volunteer-berlin"  # lowest joules per token, lowest carbon
+    assert top["frugal"] == "volunteer-berlin"  # free
