@@ -5,22 +5,19 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from fastapi import FastAPI
 
 from router.api import admin, admin_tenants
 from router.api.dashboard import router as dashboard_router
 from router.metrics import Metrics
+from tests.servers import start_uvicorn
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 GRAFANA = DASHBOARDS / "grafana" / "fedrouter-overview.json"
@@ -94,19 +91,10 @@ def test_contract_matches_the_registered_metrics() -> None:
 def base_url() -> Iterator[str]:
     app = FastAPI()
     app.include_router(dashboard_router)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server, thread, port = start_uvicorn(app)
+    yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
-    sock.close()
 
 
 def _assets(html: str) -> list[str]:
