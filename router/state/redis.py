@@ -26,6 +26,7 @@ from router.state.base import Batch, Ejection, Listener, Snapshot, StoreUnavaila
 
 log = logging.getLogger("fedrouter.state")
 
+_CLOSE_S = 1.0
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -52,8 +53,9 @@ class RedisStore:
     async def close(self) -> None:
         if self._listener_task is not None:
             self._listener_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener_task
+            # Bounded: closing a pubsub whose read was just cancelled can wait on a connection
+            # redis-py still holds, and shutting down must never hang on it.
+            await asyncio.wait({self._listener_task}, timeout=_CLOSE_S)
         await self._redis.aclose()
 
     async def _listen(self, listener: Listener, ready: asyncio.Event) -> None:
@@ -74,9 +76,10 @@ class RedisStore:
                 ready.set()  # start() must not hang on a Redis that went away
                 await asyncio.sleep(0.5)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-                await client.aclose()
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(_CLOSE_S):
+                        await pubsub.aclose()
+                        await client.aclose()
 
     async def push(self, batch: Batch, *, keep: int, ttl_s: float) -> None:
         ttl_ms = int(ttl_s * 1000)
