@@ -1,17 +1,17 @@
-"""Native passthrough to any OpenAI-compatible server over one pooled aiohttp session."""
+"""Native passthrough to any OpenAI-compatible server over pooled keep-alive connections."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
-import aiohttp
 import orjson
 
 from providers.base import BackendInfo, ProviderError, UpstreamRequest, UpstreamResponse
+from providers.http1 import HttpError, Pool, Response
 
 _JSON = "application/json"
+_SSE = "text/event-stream"
 _DRAIN_S = 0.05  # how long a finished stream may take to end its body before its connection is dropped
 
 
@@ -28,49 +28,38 @@ class OpenAICompatProvider:
         total_timeout: float = 600.0,
     ) -> None:
         self.info = info
-        self._base = base_url.rstrip("/")
-        self._headers = {"content-type": _JSON, "accept": _JSON}
+        # identity: compressing a small JSON answer costs both ends more than sending it
+        headers = {"content-type": _JSON, "accept-encoding": "identity"}
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
+            headers["authorization"] = f"Bearer {api_key}"
+        self._pool = Pool(base_url, headers, connect_timeout=connect_timeout)
+        self._heads = {(endpoint, stream): self._pool.head(endpoint, {"accept": _SSE if stream else _JSON})
+                       for endpoint in ("chat/completions", "completions", "embeddings")
+                       for stream in (False, True)}
+        self._total = total_timeout
         self._first_token = first_token_timeout
         self._idle = idle_timeout
-        self._session: aiohttp.ClientSession | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Created on first use because an aiohttp session belongs to the running event loop.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                headers=self._headers,
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
-
-    async def _post(self, request: UpstreamRequest, *, stream: bool) -> aiohttp.ClientResponse:
+    async def _post(self, request: UpstreamRequest, *, stream: bool) -> Response:
         body = request.raw if request.raw is not None else orjson.dumps(request.payload)
-        headers = {"accept": "text/event-stream"} if stream else None
         try:
-            async with asyncio.timeout(self._first_token if stream else None):
-                resp = await self._client().post(f"{self._base}/{request.endpoint}", data=body, headers=headers)
+            resp = await self._pool.post(self._heads[request.endpoint, stream], body,
+                                         self._first_token if stream else self._total)
         except TimeoutError:
             raise ProviderError("timeout", f"{self.info.name}: no response within the time limit") from None
-        except aiohttp.ClientConnectionError as exc:
-            raise ProviderError("connect", f"{self.info.name}: connection failed: {exc}") from None
-        if resp.status >= 400:
+        except HttpError as exc:
+            raise ProviderError("connect", f"{self.info.name}: {exc}") from None
+        if resp.status >= 300:
             try:
-                err = await resp.read()
-            except aiohttp.ClientError:
+                err = await resp.read(_DRAIN_S * 20)
+            except (TimeoutError, HttpError):
                 err = b""
             finally:
                 resp.release()
             raise ProviderError(
                 "status",
                 f"{self.info.name}: upstream answered HTTP {resp.status}",
-                status=resp.status,
+                status=resp.status if resp.status >= 400 else 502,
                 body=err,
                 retry_after=_retry_after(resp.headers.get("retry-after")),
             )
@@ -79,10 +68,10 @@ class OpenAICompatProvider:
     async def complete(self, request: UpstreamRequest) -> UpstreamResponse:
         resp = await self._post(request, stream=False)
         try:
-            body = await resp.read()
+            body = await resp.read(self._total)
         except TimeoutError:
             raise ProviderError("timeout", f"{self.info.name}: response timed out") from None
-        except aiohttp.ClientError as exc:
+        except HttpError as exc:
             raise ProviderError("connect", f"{self.info.name}: connection lost: {exc}") from None
         finally:
             resp.release()
@@ -99,15 +88,13 @@ class OpenAICompatProvider:
         return SSEStream(resp, self.info.name, self._first_token, self._idle)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.close()
 
 
 class SSEStream:
-    """Server-sent events from an aiohttp response: yields each event's data payload."""
+    """Server-sent events from an HTTP response: yields each event's data payload."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, backend: str, first_token: float, idle: float) -> None:
+    def __init__(self, resp: Response, backend: str, first_token: float, idle: float) -> None:
         self._resp = resp
         self._backend = backend
         self._first = first_token
@@ -123,16 +110,15 @@ class SSEStream:
     async def _events(self) -> AsyncGenerator[bytes, None]:
         # Reads whatever has arrived and splits it into events, rather than awaiting line by
         # line: one await (and one timer) per network read instead of two per event.
-        content = self._resp.content
+        resp = self._resp
         buf = b""
         limit = self._first
         while True:
             try:
-                async with asyncio.timeout(limit):
-                    chunk = await content.readany()
+                chunk = await resp.readany(limit)
             except TimeoutError:
                 raise ProviderError("timeout", f"{self._backend}: stream stalled") from None
-            except aiohttp.ClientError as exc:
+            except HttpError as exc:
                 raise ProviderError("connect", f"{self._backend}: stream broken: {exc}") from None
             if not chunk:
                 # End of body without [DONE]: the relay judges from finish_reason whether it was cut.
@@ -166,9 +152,8 @@ class SSEStream:
             # A finished stream's connection goes back to the pool once its body's end (the last,
             # empty chunk) is read: a new connection per stream costs about a millisecond.
             try:
-                async with asyncio.timeout(_DRAIN_S):
-                    await self._resp.content.read()
-            except (TimeoutError, aiohttp.ClientError):
+                await self._resp.read(_DRAIN_S)
+            except (TimeoutError, HttpError):
                 self._resp.close()
             else:
                 self._resp.release()
@@ -189,7 +174,7 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _power_header(resp: aiohttp.ClientResponse) -> dict[str, str]:
+def _power_header(resp: Response) -> dict[str, str]:
     power = resp.headers.get("x-power-watts")
     return {"x-power-watts": power} if power is not None else {}
 
