@@ -94,8 +94,10 @@ class _Connection(asyncio.Protocol):
         self.lost = True
         self.gone(self)
         if not self.complete:
-            if self.headers_done and self._ends_at_close():
-                self.complete = True  # a body without length or chunking ends with the connection
+            if self.headers_done and exc is None and self._ends_at_close():
+                # A body without length or chunking ends with the connection, closed cleanly:
+                # a reset (exc) cuts it short.
+                self.complete = True
             elif self.error is None:
                 self.error = HttpError(f"connection closed by the backend{f': {exc}' if exc else ''}")
         self._wake()

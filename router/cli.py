@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -16,16 +17,17 @@ from router.config import ConfigError, FederationConfig, load_config
 from router.settings import Settings
 
 if TYPE_CHECKING:
+    from router.api.fastpath import GatewayApp
     from router.ledger import Ledger
 
 _CONFIG_ENV = "FEDROUTER_CONFIG"
 
 
-def app_factory() -> object:
-    """uvicorn's factory for multi-worker serving: each worker builds its own app."""
+def app_factory() -> GatewayApp:
+    """Each worker process builds its own app from the environment the parent set."""
     from router.app import create_app
 
-    return create_app(load_config(os.environ[_CONFIG_ENV]), Settings())
+    return create_app(load_config(os.environ[_CONFIG_ENV]), Settings())  # type: ignore[return-value]
 
 
 def _fail(message: str) -> int:
@@ -38,23 +40,27 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from router import server
 
-    config = load_config(args.config)
+    config = load_config(args.config)  # checked here, so a bad config fails before any worker starts
     settings = _settings(args)
     if args.ledger:
         os.environ["FEDROUTER_LEDGER"] = args.ledger
     if args.state:
         os.environ["FEDROUTER_STATE"] = args.state  # for the workers, which read the environment
-    common = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": False,
-              "loop": "auto", "http": "auto"}
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sock = server.bind(args.host, args.port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
     if args.workers > 1:
         os.environ[_CONFIG_ENV] = str(Path(args.config).resolve())
-        uvicorn.run("router.cli:app_factory", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
-        return 0
+        return server.run_workers(args.workers, sock, app_factory)
     from router.app import create_app
 
-    uvicorn.run(create_app(config, settings), **common)  # type: ignore[arg-type]
+    host, port = sock.getsockname()[:2]
+    server.run(create_app(config, settings), sock,  # type: ignore[arg-type]
+               lambda: print(f"fedrouter serving on http://{host}:{port}", file=sys.stderr, flush=True))
     return 0
 
 

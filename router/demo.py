@@ -8,13 +8,13 @@ import os
 import secrets
 from importlib import resources
 
-import uvicorn
 import yaml
 
 from router.app import create_app
 from router.config import FederationConfig, parse_config
 from router.keys import KeyStore
 from router.ledger import sqlite_path
+from router.server import Server, bind
 from router.settings import Settings
 from router.sim import SimBackend, SimBehavior, start_sim
 
@@ -59,10 +59,8 @@ async def _serve(config: FederationConfig, settings: Settings, host: str, port: 
         sim_port = int((backend.base_url or "").rsplit(":", 1)[1].split("/")[0])
         sim = SimBackend(backend.name, SimBehavior(ttft_s=ttft, tokens_per_s=tps), list(backend.model_map().values()))
         runners.append((await start_sim(sim, "127.0.0.1", sim_port))[0])
-    server = uvicorn.Server(uvicorn.Config(create_app(config, settings), host=host, port=port,  # type: ignore[arg-type]
-                                           log_level="warning", access_log=False))
     try:
-        await server.serve()
+        await Server(create_app(config, settings)).serve(bind(host, port), signals=True)  # type: ignore[arg-type]
     finally:
         for runner in runners:
             with contextlib.suppress(Exception):

@@ -7,13 +7,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
 from policies.base import RequestShape, Scored
 from providers.base import Endpoint, Provider, UpstreamResponse
 from router.admission import DEFAULT_MAX_OUTPUT, Admission, LocalAdmission, Ticket, demand, needs_output_cap
-from router.api.body import optional_int, parse_object, read_body, require
+from router.api.body import optional_int, parse_object, require
 from router.backend_stats import StatsBook
 from router.dispatch import Attempts, Dispatcher, Job, upstream_request
 from router.errors import InvalidRequest, ModelNotFound
@@ -57,18 +56,23 @@ class Gateway:
         self._stream_usage = stream_usage
         self._limit = max_body_bytes
 
-    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
+    @property
+    def max_body_bytes(self) -> int:
+        return self._limit
+
+    async def handle(self, endpoint: Endpoint, authorization: str | None, body: bytes, request_id: str) -> Response:
+        """One inference request whose body has been read (within ``max_body_bytes``)."""
         received = time.time()
         started = time.perf_counter()
-        tenant = await self.tenancy.authenticate(request.headers.get("authorization"))
-        parsed = _check(endpoint, await read_body(request, self._limit))
+        tenant = await self.tenancy.authenticate(authorization)
+        parsed = _check(endpoint, body)
         override = parse_overrides(parsed.payload)
         await self.stats.refresh(parsed.model)  # ejections made by other replicas, at most a few ms old
         plan = self.planner.plan(_allowed(tenant, parsed.model), tenant, parsed.shape, override)
         _allowed(tenant, plan.model)
         if override is not None or plan.model != parsed.model:
             parsed = _retarget(parsed, plan.model)
-        ctx = RequestContext(request.scope["state"]["request_id"], tenant.name, parsed.model, endpoint,
+        ctx = RequestContext(request_id, tenant.name, parsed.model, endpoint,
                              parsed.stream, received, started, tenant.key_id, decision_json(plan))
         parsed, ticket = await self._admit(ctx, tenant, parsed, plan.order)
         try:

@@ -25,6 +25,11 @@ class LoadShedder:
         self.limit = max_concurrency
         self.inflight = 0
 
+    @staticmethod
+    def refusal() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The answer to a request beyond the cap: status, headers, body."""
+        return 503, _HEADERS, _BODY
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)

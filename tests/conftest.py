@@ -1,6 +1,6 @@
 """Shared fixtures: simulated upstreams and the gateway, each a real server on a loopback port.
 
-Simulated backends run on one background event loop; each gateway runs under uvicorn in a thread
+Simulated backends run on one background event loop; each gateway runs under fedrouter's own server in a thread
 of its own. Tests talk to both over HTTP only, as a client and an operator would.
 """
 
@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from router.app import create_app
 from router.config import parse_config
 from router.keys import KeyStore
+from router.server import Server
 from router.settings import Settings
 from router.sim import SimBackend, SimBehavior, start_sim
-from tests.servers import ADMIN_KEY, start_uvicorn
+from tests.servers import ADMIN_KEY, start_server
 
 
 class LoopThread:
@@ -96,12 +96,12 @@ def start_sim_backend(loop_thread: LoopThread) -> Iterator[Callable[..., Sim]]:
 
 @dataclass
 class Gateway:
-    """A gateway under uvicorn in a thread, with a key per tenant."""
+    """A gateway served in a thread by fedrouter's own server, with a key per tenant."""
 
     port: int
     keys: dict[str, str]
     db_path: str
-    server: uvicorn.Server
+    server: Server
     thread: threading.Thread
     app: Any = None
     sims: dict[str, Sim] = field(default_factory=dict)
@@ -161,7 +161,7 @@ def start_gateway() -> Iterator[Callable[..., Gateway]]:
         store = KeyStore(db_path)
         keys = {t.name: store.create(t.name)[0] for t in config.tenants}
         store.close()
-        server, thread, port = start_uvicorn(app)
+        server, thread, port = start_server(app)
         gw = Gateway(port, keys, db_path, server, thread, app)
         running.append(gw)
         return gw
@@ -170,6 +170,6 @@ def start_gateway() -> Iterator[Callable[..., Gateway]]:
     for gw in running:
         for client in gw.clients:
             client.close()
-        gw.server.should_exit = True
+        gw.server.stop()
         gw.thread.join(10)
     tmp.cleanup()

@@ -1,7 +1,9 @@
-"""A gateway app under uvicorn in a thread, for tests that need settings the shared fixture does not set."""
+"""A gateway app served in a thread (by fedrouter's own server, as in production, or by uvicorn),
+for tests that need settings the shared fixture does not set."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -10,12 +12,38 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from router.app import create_app
 from router.config import parse_config
+from router.server import Server, bind
 from router.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
+
+
+def start_server(app: Any) -> tuple[Server, threading.Thread, int]:
+    """Serve ``app`` with fedrouter's server on a free loopback port in a thread (on uvloop, as
+    ``fedrouter serve`` does); returns once it accepts connections. Stop it with ``server.stop()``."""
+    sock = bind("127.0.0.1", 0)
+    server = Server(app)
+    failed: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(server.serve(sock))
+        except BaseException as exc:  # reported by the wait below
+            failed.append(exc)
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if failed or time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"gateway did not start: {failed[0] if failed else 'timed out'}")
+        time.sleep(0.01)
+    return server, thread, sock.getsockname()[1]
 
 
 def start_uvicorn(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
@@ -38,11 +66,11 @@ def start_uvicorn(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
 def serve(raw_config: dict[str, Any], **settings: Any) -> Iterator[str]:
     """Run a gateway for ``raw_config`` until the block ends; yields its base URL."""
     app = create_app(parse_config(raw_config), Settings(admin_key=ADMIN_KEY, **settings))
-    server, thread, port = start_uvicorn(app)
+    server, thread, port = start_server(app)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(10)
 
 

@@ -15,12 +15,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from router.api.body import read_body
 from router.errors import GatewayError, error_body
 from router.gateway import Gateway
 
 log = logging.getLogger("fedrouter")
 
-_ROUTES = {"/v1/chat/completions": "chat/completions", "/v1/completions": "completions",
+INFERENCE_ROUTES = {"/v1/chat/completions": "chat/completions", "/v1/completions": "completions",
            "/v1/embeddings": "embeddings"}
 
 
@@ -61,12 +62,16 @@ class FastPath:
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = _ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        http_post = scope["type"] == "http" and scope["method"] == "POST"
+        endpoint = INFERENCE_ROUTES.get(scope["path"]) if http_post else None
         if endpoint is None:
             await self.app(scope, receive, send)
             return
         try:
-            response = await self.gateway.handle(Request(scope, receive), endpoint)  # type: ignore[arg-type]
+            request = Request(scope, receive)
+            body = await read_body(request, self.gateway.max_body_bytes)
+            response = await self.gateway.handle(endpoint, request.headers.get("authorization"),  # type: ignore[arg-type]
+                                                 body, scope["state"]["request_id"])
         except GatewayError as err:
             response = error_response(err)
         except ClientDisconnect:

@@ -1,0 +1,480 @@
+"""fedrouter's HTTP/1.1 server: the inference routes answered straight from the protocol, every
+other route through the ASGI app.
+
+A general ASGI server pays, on every request, for work the gateway does not need: a scope of a
+dozen keys, URL unquoting, header validation, a message dict per send, a middleware chain. On the
+three inference routes that cost more than the gateway's own work (auth, scoring, dispatch,
+metering), so they skip it: the body is buffered under the size limit as it arrives, the gateway
+is called with what it needs, and a plain answer leaves in a single write. Admin, health, model
+and dashboard routes keep the full FastAPI app, through a small ASGI bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import itertools
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+from starlette.responses import Response
+
+from router.api.fastpath import INFERENCE_ROUTES, GatewayApp, error_response
+from router.errors import BodyTooLarge, GatewayError, InvalidRequest, error_body
+from router.gateway import Gateway
+from router.shedding import LoadShedder
+
+log = logging.getLogger("fedrouter")
+
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+_CHUNKED = (b"transfer-encoding", b"chunked")
+_SERVER_ERROR = error_body("The server had an error while processing your request.", "server_error")
+
+
+class _Request:
+    __slots__ = ("body", "headers", "keep_alive", "method", "too_large", "url")
+
+    def __init__(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
+                 keep_alive: bool, too_large: bool) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.too_large = too_large
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests, runs them one at a time, writes their answers."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+        self.pending: deque[_Request] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.lost = False
+        self.gone: asyncio.Future[None] = self.loop.create_future()  # resolved when the client leaves
+        self.drained: asyncio.Future[None] | None = None
+        self.reading = True
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "Protocol upgrades are not supported.")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"Malformed HTTP request: {exc}.")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.server.connections.discard(self)
+        if not self.gone.done():
+            self.gone.set_result(None)
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.drained = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.body = []
+        self.size = 0
+        self.too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        for name, value in self.headers:
+            if name == b"content-length" and value.isdigit() and int(value) > self.server.max_body:
+                self.too_large = True  # the body is still read (and dropped) so the answer arrives
+
+    def on_body(self, body: bytes) -> None:
+        if self.too_large:
+            return
+        self.size += len(body)
+        if self.size > self.server.max_body:
+            self.too_large = True
+            self.body = []
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.pending.append(_Request(self.parser.get_method(), self.url, self.headers, body,
+                                     self.parser.should_keep_alive(), self.too_large))
+        self.body = []
+        if self.task is None:
+            self._next()
+        elif self.reading and self.transport is not None:
+            self.reading = False  # a pipelining client waits until the answers in hand are written
+            self.transport.pause_reading()
+
+    # running requests
+
+    def _next(self) -> None:
+        request = self.pending.popleft()
+        self.task = self.loop.create_task(self._run(request))
+
+    async def _run(self, request: _Request) -> None:
+        try:
+            await self.server.dispatch(self, request)
+        except asyncio.CancelledError:
+            pass  # the server is stopping
+        except Exception:
+            log.exception("unhandled error serving %s", request.url.decode("latin-1"))
+        self.task = None
+        if self.lost or self.transport is None:
+            return
+        if not request.keep_alive:
+            self.transport.close()
+        elif self.pending:
+            self._next()
+        elif not self.reading:
+            self.reading = True
+            self.transport.resume_reading()
+
+    def _refuse(self, status: int, message: str) -> None:
+        err = InvalidRequest(message)
+        err.status = status
+        self.write_answer(status, [(b"content-type", b"application/json")], err.body(), keep_alive=False)
+        if self.transport is not None:
+            self.transport.close()
+
+    def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
+                     keep_alive: bool, request_id: bytes | None = None) -> None:
+        """A whole answer in one write."""
+        if self.lost or self.transport is None:
+            return
+        parts = [self.server.status_line(status)]
+        for name, value in headers:
+            if name != b"content-length":
+                parts += (name, b": ", value, b"\r\n")
+        if request_id is not None:
+            parts += (b"x-request-id: ", request_id, b"\r\n")
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body)
+        self.transport.write(b"".join(parts))
+
+    async def write(self, data: bytes) -> None:
+        if self.lost or self.transport is None:
+            raise ConnectionResetError("the client has gone")
+        self.transport.write(data)
+        if self.drained is not None:
+            await self.drained
+
+
+class _StreamSend:
+    """The ASGI ``send`` of an answer whose length is not known in advance: chunked encoding; the
+    head waits for the first piece of body, so both leave in one write."""
+
+    def __init__(self, conn: _Connection, request: _Request, request_id: bytes | None) -> None:
+        self.conn = conn
+        self.request = request
+        self.request_id = request_id
+        self.head: bytes | None = None
+        self.chunked = True
+        self.started = False
+        self.ended = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._start(message)
+        elif kind == "http.response.body":
+            await self._body(message.get("body", b""), message.get("more_body", False))
+
+    def _start(self, message: dict[str, Any]) -> None:
+        status = message["status"]
+        headers = list(message.get("headers", ()))
+        names = {name.lower() for name, _ in headers}
+        self.chunked = b"content-length" not in names and status not in (204, 304)
+        parts = [self.conn.server.status_line(status)]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        if self.request_id is not None and b"x-request-id" not in names:
+            parts += (b"x-request-id: ", self.request_id, b"\r\n")
+        if self.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        if not self.request.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.head = b"".join(parts)
+        self.started = True
+
+    async def _body(self, body: bytes, more: bool) -> None:
+        if self.ended:
+            return
+        out = self.head or b""
+        self.head = None
+        if self.request.method == b"HEAD":
+            body = b""
+        if self.chunked:
+            if body:
+                out += b"%x\r\n%b\r\n" % (len(body), body)
+            if not more:
+                out += b"0\r\n\r\n"
+        else:
+            out += body
+        self.ended = not more
+        if out:
+            await self.conn.write(out)
+
+
+class Server:
+    """Serves one GatewayApp on a listening socket until ``stop``; runs the app's lifespan."""
+
+    def __init__(self, app: GatewayApp, *, grace_s: float = 10.0) -> None:
+        self.app = app
+        self.gateway: Gateway = app.state.gateway
+        self.max_body: int = app.state.config.limits.max_body_bytes
+        limit = app.state.config.limits.max_concurrency
+        self.shedder = LoadShedder(app, limit) if limit is not None else None
+        self.grace_s = grace_s
+        self.connections: set[_Connection] = set()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # the serving loop, set by serve()
+        self._prefix = "req_" + secrets.token_hex(8)  # unique across replicas without a call per request
+        self._seq = itertools.count(1)
+        self._status: dict[int, bytes] = {}
+        self._date = b""
+        self._stopping: asyncio.Event | None = None
+        self.started = False
+
+    def status_line(self, status: int) -> bytes:
+        line = self._status.get(status)
+        if line is None:
+            line = self._status[status] = b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Unknown"))
+        return line + self._date
+
+    def _tick(self) -> None:
+        # The date header changes once a second: formatted then, not per answer.
+        self._date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+        self._timer = self.loop.call_later(1.0, self._tick)
+
+    async def serve(self, sock: socket.socket, on_ready: Callable[[], None] | None = None, *,
+                    signals: bool = False) -> None:
+        """Run the lifespan, then answer on ``sock`` until ``stop`` (or SIGINT/SIGTERM with ``signals``)."""
+        self.loop = asyncio.get_running_loop()
+        stopping = self._stopping = asyncio.Event()
+        if signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(sig, stopping.set)
+        self._tick()
+        async with self.app.router.lifespan_context(self.app):
+            listener = await self.loop.create_server(lambda: _Connection(self), sock=sock, backlog=2048)
+            self.started = True
+            if on_ready is not None:
+                on_ready()
+            try:
+                await stopping.wait()
+            finally:
+                listener.close()
+                await self._drain()
+                self._timer.cancel()
+
+    def stop(self) -> None:
+        """Stop accepting; requests in flight get ``grace_s`` to finish. Thread-safe."""
+        if self._stopping is not None:
+            self.loop.call_soon_threadsafe(self._stopping.set)
+
+    async def _drain(self) -> None:
+        for conn in list(self.connections):
+            if conn.task is None and conn.transport is not None:
+                conn.transport.close()  # idle keep-alive connections
+        deadline = self.loop.time() + self.grace_s
+        while self.connections and self.loop.time() < deadline:
+            busy = [c.task for c in self.connections if c.task is not None]
+            if not busy:
+                break
+            await asyncio.wait(busy, timeout=max(0.0, deadline - self.loop.time()))
+        for conn in list(self.connections):
+            if conn.task is not None:
+                conn.task.cancel()
+            if conn.transport is not None:
+                conn.transport.close()
+        await asyncio.sleep(0)
+
+    # one request
+
+    async def dispatch(self, conn: _Connection, request: _Request) -> None:
+        path, _, query = request.url.partition(b"?")
+        endpoint = INFERENCE_ROUTES.get(path.decode("latin-1")) if request.method == b"POST" else None
+        if endpoint is None:
+            await self._asgi(conn, request, path, query)
+            return
+        request_id = f"{self._prefix}{next(self._seq):08x}"
+        rid = request_id.encode()
+        if request.too_large:
+            err = BodyTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")
+            conn.write_answer(err.status, _headers(error_response(err)), err.body(), keep_alive=False, request_id=rid)
+            return
+        shedder = self.shedder
+        if shedder is not None and shedder.inflight >= shedder.limit:
+            status, headers, body = shedder.refusal()
+            conn.write_answer(status, headers, body, keep_alive=request.keep_alive, request_id=rid)
+            return
+        if shedder is not None:
+            shedder.inflight += 1
+        try:
+            await self._inference(conn, request, endpoint, request_id, rid)
+        finally:
+            if shedder is not None:
+                shedder.inflight -= 1
+
+    async def _inference(self, conn: _Connection, request: _Request, endpoint: str, request_id: str,
+                         rid: bytes) -> None:
+        try:
+            response = await self.gateway.handle(endpoint, request.header(b"authorization"),  # type: ignore[arg-type]
+                                                 request.body, request_id)
+        except GatewayError as err:
+            response = error_response(err)
+        except Exception:
+            log.exception("unhandled error on %s", request.url.decode("latin-1"))
+            conn.write_answer(500, [(b"content-type", b"application/json")], _SERVER_ERROR,
+                              keep_alive=request.keep_alive, request_id=rid)
+            return
+        if type(response) is Response:
+            conn.write_answer(response.status_code, response.raw_headers, response.body,
+                              keep_alive=request.keep_alive, request_id=rid)
+            return
+        await response({"type": "http"}, _Receive(conn, b""), _StreamSend(conn, request, rid))
+
+    async def _asgi(self, conn: _Connection, request: _Request, path: bytes, query: bytes) -> None:
+        if request.too_large:
+            err = BodyTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")
+            conn.write_answer(err.status, _headers(error_response(err)), err.body(), keep_alive=False)
+            return
+        transport = conn.transport
+        assert transport is not None
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+            "method": request.method.decode("ascii"), "scheme": "http", "root_path": "",
+            "path": unquote(path.decode("latin-1")), "raw_path": path, "query_string": query,
+            "headers": request.headers, "server": _addr(transport.get_extra_info("sockname")),
+            "client": _addr(transport.get_extra_info("peername")), "state": {},
+        }
+        send = _StreamSend(conn, request, None)
+        try:
+            await self.app(scope, _Receive(conn, request.body), send)
+        except OSError:
+            return  # the client left
+        if not send.started:
+            conn.write_answer(500, [(b"content-type", b"application/json")], _SERVER_ERROR, keep_alive=False)
+        elif not send.ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _Receive:
+    """The ASGI ``receive``: the buffered body once, then waits for the client to leave."""
+
+    def __init__(self, conn: _Connection, body: bytes) -> None:
+        self.conn = conn
+        self.body: bytes | None = body
+
+    async def __call__(self) -> dict[str, Any]:
+        if self.body is not None:
+            body, self.body = self.body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.conn.gone
+        return {"type": "http.disconnect"}
+
+
+def _headers(response: Response) -> list[tuple[bytes, bytes]]:
+    return response.raw_headers
+
+
+def _addr(value: Any) -> tuple[str, int] | None:
+    return (str(value[0]), int(value[1])) if isinstance(value, tuple) and len(value) >= 2 else None
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket; ``reuse_port`` lets worker processes share the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def run(app: GatewayApp, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, on uvloop when it is installed."""
+    loop_factory: Any = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(Server(app).serve(sock, on_ready, signals=True))
+
+
+def run_workers(workers: int, sock: socket.socket, build: Callable[[], GatewayApp]) -> int:
+    """``workers`` processes accepting on one shared socket, each with its own app from ``build``
+    (a module-level function, so that it can be named to a spawned process). SIGINT and SIGTERM
+    are passed on; returns when every worker has ended."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(sock, build), name=f"fedrouter-worker-{i}") for i in range(workers)]
+    for proc in procs:
+        proc.start()
+
+    def forward(signum: int, _: Any) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for proc in procs:
+        proc.join()
+    return max((proc.exitcode or 0) for proc in procs)
+
+
+def _worker(sock: socket.socket, build: Callable[[], GatewayApp]) -> None:
+    run(build(), sock)
