@@ -170,14 +170,15 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
-    async def send(self, data: bytes, body: bytes) -> None:
+    async def send(self, data: bytes, body: bytes, within: float | None) -> None:
+        """Write the request; a backend that stops reading it fails the wait after ``within`` s."""
         assert self.transport is not None
         if len(body) < 65536:
             self.transport.write(data + body)
         else:
             self.transport.writelines((data, body))
         if self.drained is not None:
-            await self.drained
+            await asyncio.wait_for(asyncio.shield(self.drained), within)
 
     def usable(self, now: float, keepalive_s: float) -> bool:
         return not self.lost and self.transport is not None and not self.transport.is_closing() \
@@ -299,8 +300,8 @@ class Pool:
     async def _exchange(self, conn: _Connection, data: bytes, body: bytes, within: float | None) -> Response:
         conn.reset()
         try:
-            await conn.send(data, body)
             deadline = None if within is None else time.monotonic() + within
+            await conn.send(data, body, within)
             while not conn.headers_done:
                 if conn.error is not None:
                     raise conn.error

@@ -128,12 +128,6 @@ class Dispatcher:
         limit = min(r.max_attempts, len(order) * (1 + r.retries_per_backend))
         deadline = time.monotonic() + r.deadline_s
         why: list[str] = []
-        retrying = AsyncRetrying(
-            stop=lambda state: self._stop(state, attempts, limit, rotation, deadline, why),
-            wait=lambda state: self._wait(state, rotation),
-            retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
-            reraise=True,
-        )
         try:
             async with asyncio.timeout(r.deadline_s):
                 # The first attempt runs outside tenacity, whose bookkeeping costs more than the
@@ -145,6 +139,12 @@ class Dispatcher:
                     if not exc.retryable:
                         raise
                     failed: ProviderError | None = exc
+                retrying = AsyncRetrying(  # built only now: most requests never need it
+                    stop=lambda state: self._stop(state, attempts, limit, rotation, deadline, why),
+                    wait=lambda state: self._wait(state, rotation),
+                    retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
+                    reraise=True,
+                )
                 async for attempt in retrying:
                     with attempt:
                         if failed is not None:
