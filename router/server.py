@@ -38,15 +38,20 @@ from router.shedding import LoadShedder
 log = logging.getLogger("fedrouter")
 
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
-_CHUNKED = (b"transfer-encoding", b"chunked")
+_MAX_HEAD = 64 * 1024  # request line and headers; the body has its own, configured, limit
 _SERVER_ERROR = error_body("The server had an error while processing your request.", "server_error")
 
 
+class _HeadTooLarge(Exception):
+    pass
+
+
 class _Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "too_large", "url")
+    __slots__ = ("body", "headers", "http11", "keep_alive", "method", "too_large", "url")
 
     def __init__(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-                 keep_alive: bool, too_large: bool) -> None:
+                 keep_alive: bool, too_large: bool, http11: bool = True) -> None:
+        self.http11 = http11
         self.method = method
         self.url = url
         self.headers = headers
@@ -80,6 +85,8 @@ class _Connection(asyncio.Protocol):
         self.gone: asyncio.Future[None] = self.loop.create_future()  # resolved when the client leaves
         self.drained: asyncio.Future[None] | None = None
         self.reading = True
+        self.head_size = 0
+        self.refusal: InvalidRequest | None = None  # owed once the answers before it are written
 
     # asyncio.Protocol
 
@@ -92,6 +99,12 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "Protocol upgrades are not supported.")
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _HeadTooLarge):
+                self._refuse(431, str(cause))
+            else:
+                self._refuse(400, f"Malformed HTTP request: {exc}.")
         except httptools.HttpParserError as exc:
             self._refuse(400, f"Malformed HTTP request: {exc}.")
 
@@ -118,18 +131,30 @@ class _Connection(asyncio.Protocol):
         self.headers = []
         self.body = []
         self.size = 0
+        self.head_size = 0
         self.too_large = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, n: int) -> None:
+        self.head_size += n
+        if self.head_size > _MAX_HEAD:
+            # Raised through the parser, so data_received refuses the request (status 431).
+            raise _HeadTooLarge(f"The request line and headers exceed {_MAX_HEAD} bytes.")
 
     def on_headers_complete(self) -> None:
         for name, value in self.headers:
             if name == b"content-length" and value.isdigit() and int(value) > self.server.max_body:
                 self.too_large = True  # the body is still read (and dropped) so the answer arrives
+            elif name == b"expect" and value.lower() == b"100-continue" and self.transport is not None:
+                # curl, among others, waits a second for this before sending a body over 1 KB.
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self.too_large:
@@ -142,9 +167,12 @@ class _Connection(asyncio.Protocol):
             self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.parser.should_upgrade():
+            return  # refused, not served: the parser stops here and data_received refuses it
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        keep_alive = self.parser.should_keep_alive() and not self.too_large  # a 413 closes: see dispatch
         self.pending.append(_Request(self.parser.get_method(), self.url, self.headers, body,
-                                     self.parser.should_keep_alive(), self.too_large))
+                                     keep_alive, self.too_large, self.parser.get_http_version() != "1.0"))
         self.body = []
         if self.task is None:
             self._next()
@@ -172,14 +200,27 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
         elif self.pending:
             self._next()
+        elif self.refusal is not None:
+            self._send_refusal()
         elif not self.reading:
             self.reading = True
             self.transport.resume_reading()
 
     def _refuse(self, status: int, message: str) -> None:
-        err = InvalidRequest(message)
-        err.status = status
-        self.write_answer(status, [(b"content-type", b"application/json")], err.body(), keep_alive=False)
+        """Refuse what cannot be parsed, after the answers owed to the requests before it (which
+        may be mid-stream), then close."""
+        self.refusal = InvalidRequest(message)
+        self.refusal.status = status
+        if self.reading and self.transport is not None:
+            self.reading = False  # nothing after a parse error can be read
+            self.transport.pause_reading()
+        if self.task is None:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        err = self.refusal
+        assert err is not None
+        self.write_answer(err.status, [(b"content-type", b"application/json")], err.body(), keep_alive=False)
         if self.transport is not None:
             self.transport.close()
 
@@ -232,6 +273,9 @@ class _StreamSend:
         headers = list(message.get("headers", ()))
         names = {name.lower() for name, _ in headers}
         self.chunked = b"content-length" not in names and status not in (204, 304)
+        if self.chunked and not self.request.http11:
+            # HTTP/1.0 knows no chunks: the body runs to the end of the connection.
+            self.chunked, self.request.keep_alive = False, False
         parts = [self.conn.server.status_line(status)]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
@@ -318,7 +362,8 @@ class Server:
     def stop(self) -> None:
         """Stop accepting; requests in flight get ``grace_s`` to finish. Thread-safe."""
         if self._stopping is not None:
-            self.loop.call_soon_threadsafe(self._stopping.set)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server has already stopped
+                self.loop.call_soon_threadsafe(self._stopping.set)
 
     async def _drain(self) -> None:
         for conn in list(self.connections):
