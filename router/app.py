@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import random
 import secrets
@@ -162,4 +163,5 @@ def _stats_book(config: FederationConfig, settings: Settings) -> StatsBook:
     store = open_store(settings.state, settings.state_prefix, replica)
     return StatsBook(store, EjectionPolicy.of(config.routing), groups,
                      count_window_s=config.routing.retry_budget.window_s,
-                     freshness_s=settings.state_freshness_ms / 1000)
+                     # A store in this process has no other replica whose ejections could be missed.
+                     freshness_s=settings.state_freshness_ms / 1000 if settings.state else math.inf)

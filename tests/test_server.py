@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 
+from router.app import create_app
+from router.config import parse_config
+from router.settings import Settings
 from tests.conftest import Gateway, Sim, backend_entry
 from tests.openai_schema import validate
+from tests.servers import ADMIN_KEY, start_uvicorn
 from tests.test_cli import _free_port, _run, _spawn, _wait_ready
 
 pytestmark = pytest.mark.timeout(15)
@@ -578,3 +583,29 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(worker_config: tuple[Pat
         _, err = proc.communicate(timeout=15)  # raises TimeoutExpired (and _spawn kills it) if it hangs
         assert proc.returncode == 0, err
     assert "requests:      20" in _run("usage", "--tenant", "acme", "--ledger", ledger).stdout
+
+
+def test_the_app_also_serves_under_uvicorn(start_sim_backend: Callable[..., Sim]) -> None:
+    """The FastAPI app stays a plain ASGI app (its fast path included) for those who run it under
+    another server: the same answers, streams and errors as under fedrouter's own server."""
+    sim = start_sim_backend("uv1")
+    app = create_app(parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
+                     Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0))
+    key = app.state.keys.create("acme")[0]
+    server, thread, port = start_uvicorn(app)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        done = client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert done.object == "chat.completion" and done.usage is not None and done.usage.completion_tokens == 3
+        chunks = list(client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=3, stream=True,
+                                                     stream_options={"include_usage": True}))
+        assert chunks[-1].usage is not None and chunks[-1].choices == []
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+        raw = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                         json={"model": "m1", "messages": [{"role": "user", "content": "hi"}]})
+        assert raw.headers["x-request-id"].startswith("req_") and raw.headers["x-fedrouter-backend"] == "uv1"
+    finally:
+        server.should_exit = True
+        thread.join(10)
