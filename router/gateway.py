@@ -107,14 +107,18 @@ class Gateway:
         tokens_in, tokens_out, source = self._usage_of(parsed.payload, resp.data)
         record = build_record(ctx, scored, tokens_in, tokens_out, "ok", source, attempts.count, None,
                               attempt=attempts.answered or None)
-        await self.admission.settle(ticket, record)
-        name = scored.candidate.info.name
-        self.stats.success(name, ctx.model, _ttft_estimate(record.latency_ms / 1000, tokens_out, scored),
-                           tokens_out, record.latency_ms / 1000)
-        self.planner.observe_power(name, resp.headers, still_counted=False)
-        await self.ledger.submit(record)  # durable before the client sees the answer
-        observe(self.metrics, record)
-        return Response(resp.body, media_type=_JSON, headers={**_headers(scored, attempts), **ticket.headers})
+        committed = self.ledger.submit(record)  # the writer thread commits while the rest is done here
+        try:
+            await self.admission.settle(ticket, record)
+            name = scored.candidate.info.name
+            self.stats.success(name, ctx.model, _ttft_estimate(record.latency_ms / 1000, tokens_out, scored),
+                               tokens_out, record.latency_ms / 1000)
+            self.planner.observe_power(name, resp.headers, still_counted=False)
+            observe(self.metrics, record)
+            answer = Response(resp.body, media_type=_JSON, headers={**_headers(scored, attempts), **ticket.headers})
+        finally:
+            await committed  # durable before the client sees the answer
+        return answer
 
     async def _stream(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket) -> Response:
         attempts = Attempts()

@@ -35,7 +35,10 @@ from router.ledger.schema import ROLLUP_SOURCES, SQLITE_MIGRATIONS
 _INSERT = (f"INSERT INTO usage_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
            "ON CONFLICT (event_id) DO NOTHING")
 _MAX_BATCH = 512
-_CHECKPOINT_EVERY_S = 1.0
+_CHECKPOINT_EVERY_S = 0.2  # often enough that the WAL holds a fraction of a second of commits
+# WAL frames (pages) past which the writer finishes a checkpoint itself (see _checkpoint_loop).
+_WAL_RESTART_FRAMES = 4096
+_WAL_KEEP_BYTES = 64 * 1024 * 1024  # a WAL file larger than this is truncated when it restarts
 _PRUNE_CHUNK = 5000
 _STOP = None
 _Item = tuple[UsageRecord, asyncio.Future[None]]
@@ -46,6 +49,7 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
     return conn
 
 
@@ -68,8 +72,12 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class SQLiteLedger:
-    def __init__(self, path: str, retention_days: int | None = None) -> None:
+    def __init__(self, path: str, retention_days: int | None = None, *,
+                 wal_restart_frames: int = _WAL_RESTART_FRAMES,
+                 checkpoint_every_s: float = _CHECKPOINT_EVERY_S) -> None:
         self._path = path
+        self._wal_restart_frames = wal_restart_frames
+        self._checkpoint_every_s = checkpoint_every_s
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -78,6 +86,7 @@ class SQLiteLedger:
         self._pruner: asyncio.Task[None] | None = None
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._wal_restart = threading.Event()  # set by the checkpointer, cleared by the writer
 
     async def start(self) -> None:
         conn = connect(self._path)
@@ -122,13 +131,26 @@ class SQLiteLedger:
                     break
                 batch.append(nxt)
             self._commit(conn, batch)
+            if self._wal_restart.is_set():
+                self._wal_restart.clear()
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if self._path != ":memory:":
             conn.close()
 
     def _checkpoint_loop(self, conn: sqlite3.Connection) -> None:
-        while not self._stopping.wait(_CHECKPOINT_EVERY_S):
-            with contextlib.suppress(sqlite3.Error):  # a missed one only lets the WAL grow until the next
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Copies the WAL into the database beside the writer, so that its commits never wait
+        for a checkpoint's fsyncs. Under steady load such a checkpoint never quite completes
+        (the writer keeps appending), and the WAL only starts over from its beginning once one
+        has: so when it has grown long, the writer runs a last one between two commits, which
+        finds little left to copy."""
+        while not self._stopping.wait(self._checkpoint_every_s):
+            try:
+                _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error:
+                continue  # a missed one only lets the WAL grow until the next
+            if frames >= self._wal_restart_frames:
+                self._wal_restart.set()
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
