@@ -89,7 +89,7 @@ class StatsBook:
         self._sync_s = sync_s
         self._clock = clock
         self._seq = itertools.count()
-        self._pending: dict[str, list[tuple[float, bytes]]] = {}
+        self._pending: dict[str, list[Sample]] = {}  # encoded when pushed, off the request path
         self._local: dict[int, dict[str, int]] = {}  # this process's counters per second
         self._unpushed: dict[int, dict[str, int]] = {}
         self._remote: dict[int, dict[str, int]] = {}  # the other replicas' counters per second
@@ -298,7 +298,7 @@ class StatsBook:
         sample = Sample(self._clock(), ok, ttft, tps, f"{self.store.replica}:{next(self._seq)}")
         e.window.add(sample)
         e.view = None
-        self._pending.setdefault(store_key(backend, model), []).append((sample.ts, sample.encode()))
+        self._pending.setdefault(store_key(backend, model), []).append(sample)
         return e
 
     def _may_eject(self, backend: str, model: str) -> bool:
@@ -372,7 +372,8 @@ class StatsBook:
                 log.warning("state sync failed: %s", exc)
 
     async def _push(self) -> None:
-        batch = Batch(self._pending, self._unpushed,
+        samples = {key: [(s.ts, s.encode()) for s in pending] for key, pending in self._pending.items()}
+        batch = Batch(samples, self._unpushed,
                       {k: e.inflight for k, e in self._entries.items() if e.inflight or k in self._idle})
         self._pending, self._unpushed, self._idle = {}, {}, set()
         if batch:

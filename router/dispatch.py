@@ -176,7 +176,7 @@ class Dispatcher:
         allowed = budget.ratio * self._stats.windowed("requests") + budget.min_per_s * budget.window_s
         if self._stats.windowed("retries") + 1 > allowed:
             why.append("retry budget exhausted")
-            self._metrics.attempts.labels("-", "budget_exhausted").inc()
+            self._metrics.attempt("-", "budget_exhausted")
             return True
         self._stats.count("retries")
         return False
@@ -247,20 +247,20 @@ class Dispatcher:
             result = await call(scored, self._providers[name])
         except ProviderError as exc:
             attempts.errors.append(exc.message)
-            self._metrics.attempts.labels(name, exc.kind if exc.retryable else "rejected").inc()
+            self._metrics.attempt(name, exc.kind if exc.retryable else "rejected")
             if exc.retryable:
                 await self._stats.failure(name, model, probe=probe)
             else:  # the request's own fault says nothing of the backend
                 self._stats.released(name, model, probe=probe)
             raise
         except BaseException:  # cancelled: a hedge lost, the deadline passed or the client left
-            self._metrics.attempts.labels(name, "cancelled").inc()
+            self._metrics.attempt(name, "cancelled")
             self._stats.released(name, model, probe=probe)
             raise
         finally:
             self._stats.finished(name, model)
         self._stats.answered(name, model, probe=probe)
-        self._metrics.attempts.labels(name, "ok").inc()
+        self._metrics.attempt(name, "ok")
         return result
 
     async def open_stream(self, job: Job, order: list[Scored], attempts: Attempts,

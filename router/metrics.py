@@ -41,6 +41,16 @@ class Metrics:
         self.ledger_pending = Gauge("fedrouter_ledger_pending_records",
                                     "Usage records queued but not yet committed.", registry=r)
         self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+        self._attempt_children: dict[tuple[str, str], Any] = {}
+
+    def attempt(self, backend: str, outcome: str) -> None:
+        """Count one upstream attempt (its labelled child cached, as in ``observe_usage``)."""
+        child = self._attempt_children.get((backend, outcome))
+        if child is None:
+            if len(self._attempt_children) > 10_000:
+                self._attempt_children.clear()
+            child = self._attempt_children[backend, outcome] = self.attempts.labels(backend, outcome)
+        child.inc()
 
     def observe_usage(self, rec: UsageRecord) -> None:
         """Count one finished request. The labelled children are cached per label set, since

@@ -79,7 +79,7 @@ class StreamRelay:
         except ProviderError as exc:
             outcome = "upstream_error"
             await self._stats.failure(name, self._ctx.model)
-            self._metrics.attempts.labels(name, exc.kind).inc()
+            self._metrics.attempt(name, exc.kind)
             yield frame(error_body(f"The backend failed mid-stream: {exc.message}", "server_error",
                                    None, "upstream_stream_error"))
         except asyncio.CancelledError:

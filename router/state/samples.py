@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 ALPHA = 0.3  # EWMA weight of the newest sample: recent enough to move traffic within a few requests
 
@@ -109,9 +109,9 @@ class Window:
             old = self._rows.pop(0)
             self._ids.discard(old.id)
             if old.ts >= self._since and not self._dirty:  # the EWMAs have long forgotten it
-                s = self._summary
-                self._summary = replace(s, requests=s.requests - 1, failures=s.failures - (not old.ok),
-                                        trailing_failures=min(s.trailing_failures, s.requests - 1))
+                s = self._summary  # built directly: dataclasses.replace costs more than the rest of add
+                self._summary = Summary(s.ttft_s, s.tokens_per_s, s.requests - 1, s.failures - (not old.ok),
+                                        min(s.trailing_failures, s.requests - 1), s.last_success)
         return True
 
     def prune(self, now: float) -> None:
