@@ -394,7 +394,7 @@ class Server:
         rid = request_id.encode()
         if request.too_large:
             err = BodyTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")
-            conn.write_answer(err.status, _headers(error_response(err)), err.body(), keep_alive=False, request_id=rid)
+            conn.write_answer(err.status, error_response(err).raw_headers, err.body(), keep_alive=False, request_id=rid)
             return
         shedder = self.shedder
         if shedder is not None and shedder.inflight >= shedder.limit:
@@ -430,7 +430,7 @@ class Server:
     async def _asgi(self, conn: _Connection, request: _Request, path: bytes, query: bytes) -> None:
         if request.too_large:
             err = BodyTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")
-            conn.write_answer(err.status, _headers(error_response(err)), err.body(), keep_alive=False)
+            conn.write_answer(err.status, error_response(err).raw_headers, err.body(), keep_alive=False)
             return
         transport = conn.transport
         assert transport is not None
@@ -465,10 +465,6 @@ class _Receive:
             return {"type": "http.request", "body": body, "more_body": False}
         await self.conn.gone
         return {"type": "http.disconnect"}
-
-
-def _headers(response: Response) -> list[tuple[bytes, bytes]]:
-    return response.raw_headers
 
 
 def _addr(value: Any) -> tuple[str, int] | None:

@@ -1,6 +1,9 @@
 """Pure ASGI layers in front of FastAPI: the request id on every response, and the inference
 routes served directly, without FastAPI's routing and dependency machinery, which cost more per
-request than the gateway's own work. Every other route passes through to the FastAPI app."""
+request than the gateway's own work. Every other route passes through to the FastAPI app.
+
+``router.server`` answers the inference routes before any ASGI layer; these layers serve them
+when the app runs under another ASGI server (uvicorn, say)."""
 
 from __future__ import annotations
 
