@@ -389,8 +389,11 @@ class StatsBook:
         snap = await self.store.pull(keys, self._pulled - 1.0, buckets, ttl_s=self._sync_s * 8 + 1)
         ejections = await self.store.ejections(keys)
         self._pulled = now
+        mine = f"{self.store.replica}:".encode()
         for key, e in self._entries.items():
             for raw in snap.samples.get(key, ()):
+                if raw[raw.rfind(b" ") + 1:].startswith(mine):
+                    continue  # this replica's own: in the window since it was taken (and many per sync)
                 sample = Sample.decode(raw)
                 if sample is not None and e.window.add(sample):
                     e.view = None
