@@ -85,6 +85,7 @@ class _Connection(asyncio.Protocol):
         self.gone: asyncio.Future[None] = self.loop.create_future()  # resolved when the client leaves
         self.drained: asyncio.Future[None] | None = None
         self.reading = True
+        self.active = server.now  # when the client last sent something, to the second
         self.head_size = 0
         self.refusal: InvalidRequest | None = None  # owed once the answers before it are written
 
@@ -95,6 +96,7 @@ class _Connection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.active = self.server.now
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -311,8 +313,10 @@ class _StreamSend:
 class Server:
     """Serves one GatewayApp on a listening socket until ``stop``; runs the app's lifespan."""
 
-    def __init__(self, app: GatewayApp, *, grace_s: float = 10.0) -> None:
+    def __init__(self, app: GatewayApp, *, grace_s: float = 10.0, idle_s: float = 30.0) -> None:
         self.app = app
+        self.idle_s = idle_s  # a connection with no request in flight is closed after this long silent
+        self.now = 0.0
         self.gateway: Gateway = app.state.gateway
         self.max_body: int = app.state.config.limits.max_body_bytes
         limit = app.state.config.limits.max_concurrency
@@ -334,14 +338,20 @@ class Server:
         return line + self._date
 
     def _tick(self) -> None:
-        # The date header changes once a second: formatted then, not per answer.
+        # Once a second rather than per request: the date header, and closing idle connections
+        # (kept-alive ones, and any that never finish sending a request).
         self._date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
-        self._timer = self.loop.call_later(1.0, self._tick)
+        self.now = now = self.loop.time()
+        for conn in list(self.connections):
+            if conn.task is None and now - conn.active > self.idle_s and conn.transport is not None:
+                conn.transport.close()
+        self._timer = self.loop.call_later(min(1.0, self.idle_s / 2), self._tick)
 
     async def serve(self, sock: socket.socket, on_ready: Callable[[], None] | None = None, *,
                     signals: bool = False) -> None:
         """Run the lifespan, then answer on ``sock`` until ``stop`` (or SIGINT/SIGTERM with ``signals``)."""
         self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time()
         stopping = self._stopping = asyncio.Event()
         if signals:
             for sig in (signal.SIGINT, signal.SIGTERM):

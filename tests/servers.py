@@ -22,11 +22,11 @@ from router.settings import Settings
 ADMIN_KEY = "test-admin-key-0123456789"
 
 
-def start_server(app: Any) -> tuple[Server, threading.Thread, int]:
+def start_server(app: Any, **options: Any) -> tuple[Server, threading.Thread, int]:
     """Serve ``app`` with fedrouter's server on a free loopback port in a thread (on uvloop, as
     ``fedrouter serve`` does); returns once it accepts connections. Stop it with ``server.stop()``."""
     sock = bind("127.0.0.1", 0)
-    server = Server(app)
+    server = Server(app, **options)
     failed: list[BaseException] = []
 
     def main() -> None:

@@ -25,7 +25,7 @@ from router.config import parse_config
 from router.settings import Settings
 from tests.conftest import Gateway, Sim, backend_entry
 from tests.openai_schema import validate
-from tests.servers import ADMIN_KEY, start_uvicorn
+from tests.servers import ADMIN_KEY, start_server, start_uvicorn
 from tests.test_cli import _free_port, _run, _spawn, _wait_ready
 
 pytestmark = pytest.mark.timeout(15)
@@ -608,4 +608,28 @@ def test_the_app_also_serves_under_uvicorn(start_sim_backend: Callable[..., Sim]
         assert raw.headers["x-request-id"].startswith("req_") and raw.headers["x-fedrouter-backend"] == "uv1"
     finally:
         server.should_exit = True
+        thread.join(10)
+
+
+def test_idle_connections_are_closed(start_sim_backend: Callable[..., Sim]) -> None:
+    """A kept-alive connection left silent, or a request never finished, does not hold a socket
+    for ever; a connection in use is left alone."""
+    sim = start_sim_backend("idle1")
+    app = create_app(parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
+                     Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0))
+    server, thread, port = start_server(app, idle_s=0.6)
+    try:
+        with Wire(port) as kept, Wire(port) as unfinished, Wire(port) as busy:
+            kept.send(request("GET", "/healthz"))
+            assert kept.answer().status == 200
+            unfinished.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")  # and never the blank line
+            for _ in range(8):  # busy keeps talking, 0.25 s apart: it stays open past idle_s
+                busy.send(request("GET", "/healthz"))
+                assert busy.answer().status == 200
+                time.sleep(0.25)
+            assert kept.closed_by_server() and unfinished.closed_by_server()
+            busy.send(request("GET", "/healthz"))
+            assert busy.answer().status == 200
+    finally:
+        server.stop()
         thread.join(10)
