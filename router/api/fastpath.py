@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from providers.base import Endpoint
 from router.api.body import read_body
 from router.errors import GatewayError, error_body
 from router.gateway import Gateway
@@ -59,6 +60,13 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+async def infer(request: Request, gateway: Gateway, endpoint: Endpoint) -> Response:
+    """An inference request through ASGI: its body read under the limit, then the gateway."""
+    body = await read_body(request, gateway.max_body_bytes)
+    return await gateway.handle(endpoint, request.headers.get("authorization"), body,
+                                request.scope["state"]["request_id"])
+
+
 class FastPath:
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
@@ -71,10 +79,7 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         try:
-            request = Request(scope, receive)
-            body = await read_body(request, self.gateway.max_body_bytes)
-            response = await self.gateway.handle(endpoint, request.headers.get("authorization"),  # type: ignore[arg-type]
-                                                 body, scope["state"]["request_id"])
+            response = await infer(Request(scope, receive), self.gateway, endpoint)  # type: ignore[arg-type]
         except GatewayError as err:
             response = error_response(err)
         except ClientDisconnect:

@@ -10,9 +10,8 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from providers.base import Endpoint
-from router.api.body import read_body
 from router.api.deps import GatewayDep
+from router.api.fastpath import infer
 from router.errors import ModelNotFound
 from router.gateway import Gateway
 from router.routing import Tenant
@@ -30,23 +29,17 @@ TenantDep = Annotated[Tenant, Depends(_tenant)]
 # Declared here for their 405 on other methods; a POST is answered ahead of FastAPI, by the fast path.
 @router.post("/chat/completions")
 async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
-    return await _infer(request, gateway, "chat/completions")
+    return await infer(request, gateway, "chat/completions")
 
 
 @router.post("/completions")
 async def completions(request: Request, gateway: GatewayDep) -> Response:
-    return await _infer(request, gateway, "completions")
+    return await infer(request, gateway, "completions")
 
 
 @router.post("/embeddings")
 async def embeddings(request: Request, gateway: GatewayDep) -> Response:
-    return await _infer(request, gateway, "embeddings")
-
-
-async def _infer(request: Request, gateway: Gateway, endpoint: Endpoint) -> Response:
-    body = await read_body(request, gateway.max_body_bytes)
-    return await gateway.handle(endpoint, request.headers.get("authorization"), body,
-                                request.scope["state"]["request_id"])
+    return await infer(request, gateway, "embeddings")
 
 
 def _model_object(model: str, classes: list[str], created: int) -> dict[str, object]:
