@@ -17,7 +17,7 @@ from router.backend_stats import StatsBook
 from router.dispatch import Attempts, Dispatcher, Job, upstream_request
 from router.errors import InvalidRequest, ModelNotFound
 from router.ledger.base import Ledger
-from router.metering import RequestContext, build_record, decision_json, observe
+from router.metering import RequestContext, build_record, observe
 from router.metrics import Metrics
 from router.overrides import parse as parse_overrides
 from router.overrides import strip as strip_overrides
@@ -73,7 +73,7 @@ class Gateway:
         if override is not None or plan.model != parsed.model:
             parsed = _retarget(parsed, plan.model)
         ctx = RequestContext(request_id, tenant.name, parsed.model, endpoint,
-                             parsed.stream, received, started, tenant.key_id, decision_json(plan))
+                             parsed.stream, received, started, tenant.key_id, plan)
         parsed, ticket = await self._admit(ctx, tenant, parsed, plan.order)
         try:
             if parsed.stream:

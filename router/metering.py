@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -27,7 +27,16 @@ class RequestContext:
     received_ts: float  # wall clock, for the ledger
     started: float  # perf_counter, for latency
     key_id: str | None = None
-    decision: str | None = None  # decision_json of the request's plan
+    plan: Plan | None = None  # why the request went where it did, for its ledger records
+    _decision: str | None = field(default=None, repr=False)
+
+    @property
+    def decision(self) -> str | None:
+        """``decision_json`` of the plan, made when the first record is built: after the upstream
+        call has gone out rather than before it, where a streamed answer's first byte waits."""
+        if self._decision is None and self.plan is not None:
+            self._decision = decision_json(self.plan)
+        return self._decision
 
 
 def decision_json(plan: Plan) -> str:

@@ -34,6 +34,7 @@ from router.api.fastpath import INFERENCE_ROUTES, GatewayApp, error_response
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest, error_body
 from router.gateway import Gateway
 from router.shedding import LoadShedder
+from router.streaming import EventStreamResponse
 
 log = logging.getLogger("fedrouter")
 
@@ -266,13 +267,17 @@ class _StreamSend:
     async def __call__(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            self._start(message)
+            self.begin(message["status"], list(message.get("headers", ())))
         elif kind == "http.response.body":
             await self._body(message.get("body", b""), message.get("more_body", False))
 
-    def _start(self, message: dict[str, Any]) -> None:
-        status = message["status"]
-        headers = list(message.get("headers", ()))
+    async def chunk(self, body: bytes) -> None:
+        await self._body(body, True)
+
+    async def finish(self) -> None:
+        await self._body(b"", False)
+
+    def begin(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         names = {name.lower() for name, _ in headers}
         self.chunked = b"content-length" not in names and status not in (204, 304)
         if self.chunked and not self.request.http11:
@@ -434,6 +439,12 @@ class Server:
         if type(response) is Response:
             conn.write_answer(response.status_code, response.raw_headers, response.body,
                               keep_alive=request.keep_alive, request_id=rid)
+            return
+        if isinstance(response, EventStreamResponse):
+            send = _StreamSend(conn, request, rid)
+            send.begin(200, response.raw_headers)
+            if await response.relay(send.chunk, conn.gone):
+                await send.finish()
             return
         await response({"type": "http"}, _Receive(conn, b""), _StreamSend(conn, request, rid))
 

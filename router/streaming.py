@@ -189,43 +189,61 @@ class EventStreamResponse(Response):
         self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
         self.raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The relay runs in this task, a watcher beside it cancels the task if the client leaves:
-        # one extra task per stream rather than two and a wait, which the first byte would pay for.
+    async def relay(self, write: Callable[[bytes], Awaitable[None]], gone: asyncio.Future[Any]) -> bool:
+        """Pump the events through ``write`` in this task; ``gone`` resolves when the client
+        leaves, which cancels the task (and with it the upstream call). The clean-up always runs.
+        True if every event was written."""
+        # A callback on ``gone`` rather than a watcher task beside the relay: the first byte
+        # would pay for starting it.
         task = asyncio.current_task()
         assert task is not None
         left, pumping = False, True
 
-        def client_left(watch: asyncio.Future[None]) -> None:
+        def client_left(watch: asyncio.Future[Any]) -> None:
             nonlocal left
             if pumping and not watch.cancelled() and watch.exception() is None:
                 left = True
                 task.cancel()
 
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
-        watch.add_done_callback(client_left)
+        gone.add_done_callback(client_left)
         try:
-            await self._pump(send)
+            async for chunk in self._events:
+                await write(chunk)
+            return True
+        except OSError:
+            return False  # the client went away (ASGI 2.4 servers raise on send)
         except asyncio.CancelledError:
             if not left:
                 raise
             task.uncancel()  # our own cancellation, for a client that is gone: nothing to report
+            return False
         finally:
             pumping = False  # a disconnect noticed from here on must not cancel the clean-up
-            watch.remove_done_callback(client_left)
-            watch.cancel()
-            await self._events.aclose()  # type: ignore[attr-defined]
-            if self._on_close is not None:
-                await self._on_close()
+            gone.remove_done_callback(client_left)
+            await self.close()
 
-    async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+    async def close(self) -> None:
+        """End the events and run ``on_close``: after the relay, or instead of it."""
+        await self._events.aclose()  # type: ignore[attr-defined]
+        if self._on_close is not None:
+            await self._on_close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+
+        async def body(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
         try:
-            async for chunk in self._events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except OSError:
-            return  # the client went away (ASGI 2.4 servers raise on send)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            except OSError:
+                await self.close()  # gone before the head
+                return
+            if await self.relay(body, watch):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watch.cancel()
 
 
 async def _wait_disconnect(receive: Receive) -> None:
