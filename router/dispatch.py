@@ -264,11 +264,16 @@ class Dispatcher:
         return result
 
     async def open_stream(self, job: Job, order: list[Scored], attempts: Attempts,
-                          make: Callable[[Scored], UpstreamRequest]) -> Opened:
-        """Open a stream and wait for its first event; until then, a failure falls back unseen."""
+                          make: Callable[[Scored], UpstreamRequest],
+                          prepare: Callable[[Scored], None] | None = None) -> Opened:
+        """Open a stream and wait for its first event; until then, a failure falls back unseen.
+        ``prepare`` is called once a backend's answer has begun (its first event may be long in
+        coming), for work that would otherwise delay the first byte to the client."""
 
         async def call(scored: Scored, provider: Provider) -> Opened:
             stream = await provider.stream(make(scored))
+            if prepare is not None:
+                prepare(scored)
             try:
                 first = await anext(aiter(stream))
             except StopAsyncIteration:

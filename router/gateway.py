@@ -22,7 +22,7 @@ from router.metrics import Metrics
 from router.overrides import parse as parse_overrides
 from router.overrides import strip as strip_overrides
 from router.routing import Planner, Tenant, request_needs
-from router.streaming import EventStreamResponse, StreamRelay
+from router.streaming import EventStreamResponse, StreamRelay, stream_headers
 from router.tenancy import Caller, Tenancy
 from router.tokens import TokenCounter
 
@@ -127,9 +127,18 @@ class Gateway:
             add_usage = scored.candidate.info.name in self._stream_usage
             return upstream_request(ctx.endpoint, parsed.payload, parsed.body, scored, parsed.model, add_usage)
 
-        opened = await self.dispatcher.open_stream(self._job(ctx, parsed), order, attempts, make)
+        prepared: list[Any] = [None, 0, None]  # scored, attempt count, the response's headers
+
+        def prepare(scored: Scored) -> None:
+            # While the backend computes its first token: the headers it would be answered with.
+            prepared[:] = scored, attempts.count, stream_headers({**_headers(scored, attempts), **ticket.headers})
+
+        opened = await self.dispatcher.open_stream(self._job(ctx, parsed), order, attempts, make, prepare)
         self._hedge_overhead(ctx, parsed, attempts)
         self.planner.observe_power(opened.scored.candidate.info.name, opened.stream.headers, still_counted=True)
+        scored, count, headers = prepared
+        if scored is not opened.scored or count != attempts.count:  # a hedge won, or a later attempt
+            headers = stream_headers({**_headers(opened.scored, attempts), **ticket.headers})
         relay = StreamRelay(
             ctx, opened, attempts, client_usage=parsed.client_usage,
             prompt_tokens=lambda: self.tokens.count_prompt(parsed.payload), ledger=self.ledger,
@@ -137,8 +146,7 @@ class Gateway:
             release=lambda name: self.dispatcher.stream_done(name, ctx.model),
             settle=lambda record: self.admission.settle(ticket, record),
         )
-        return EventStreamResponse(relay.events(), {**_headers(opened.scored, attempts), **ticket.headers},
-                                   relay.abandon)
+        return EventStreamResponse(relay.events(), headers, relay.abandon)
 
     def _job(self, ctx: RequestContext, parsed: _Parsed) -> Job:
         return Job(ctx.model, parsed.stream, parsed.shape.max_output_tokens,

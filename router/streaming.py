@@ -175,19 +175,25 @@ class StreamRelay:
         })
 
 
+def stream_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """An event stream's response headers, ``headers`` included."""
+    return [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+            *((k.encode(), v.encode()) for k, v in headers.items())]
+
+
 class EventStreamResponse(Response):
     """An SSE response that notices a client leaving even while the upstream is silent, and
     then cancels the relay (and with it the upstream call)."""
 
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str],
+    def __init__(self, events: AsyncIterator[bytes], raw_headers: list[tuple[bytes, bytes]],
                  on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``raw_headers`` from ``stream_headers``."""
         # Response.__init__ is skipped on purpose: it would render a body this response streams.
         self.status_code = 200
         self.background = None
         self._events = events
         self._on_close = on_close  # runs last, also when the events were never read
-        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-        self.raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
+        self.raw_headers = raw_headers
 
     async def relay(self, write: Callable[[bytes], Awaitable[None]], gone: asyncio.Future[Any]) -> bool:
         """Pump the events through ``write`` in this task; ``gone`` resolves when the client
