@@ -30,8 +30,11 @@ log = logging.getLogger("fedrouter.ledger")
 DAY_S = 86400.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UsageRecord:
+    """One ledger event. Not mutated once built (it crosses to the writer thread), yet not a
+    frozen dataclass: a frozen one's ``__init__`` costs five times as much, on every request."""
+
     request_id: str
     ts: float  # unix seconds when the request arrived
     tenant: str
