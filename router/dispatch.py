@@ -4,7 +4,6 @@ providers from the outside; providers know none of this."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from policies.base import Scored
 from providers.base import EventStream, Provider, ProviderError, UpstreamRequest
 from router.backend_stats import StatsBook
 from router.config import RoutingConfig
+from router.deadlines import Deadlines
 from router.errors import GatewayError, NoBackendAvailable, UpstreamRejected
 from router.hedging import Hedger, race
 from router.metrics import Metrics
@@ -115,6 +115,7 @@ class Dispatcher:
         self._routing = routing
         self._metrics = metrics
         self.hedger = Hedger(routing.hedging, stats)
+        self._deadlines = Deadlines()
 
     async def run(self, job: Job, order: list[Scored], attempts: Attempts,
                   call: Callable[[Scored, Provider], Awaitable[T]],
@@ -129,7 +130,7 @@ class Dispatcher:
         deadline = time.monotonic() + r.deadline_s
         why: list[str] = []
         try:
-            async with asyncio.timeout(r.deadline_s):
+            async with self._deadlines.after(r.deadline_s):
                 # The first attempt runs outside tenacity, whose bookkeeping costs more than the
                 # rest of dispatch; a failure is replayed into it as its first attempt, so the
                 # retry, stop and wait rules see exactly what they would have seen.
