@@ -55,6 +55,7 @@ class Gateway:
         self.providers = providers
         self._stream_usage = stream_usage
         self._limit = max_body_bytes
+        self._headers = _Headers()
 
     @property
     def max_body_bytes(self) -> int:
@@ -115,7 +116,8 @@ class Gateway:
                                tokens_out, record.latency_ms / 1000)
             self.planner.observe_power(name, resp.headers, still_counted=False)
             observe(self.metrics, record)
-            answer = Response(resp.body, media_type=_JSON, headers={**_headers(scored, attempts), **ticket.headers})
+            headers = {**self._headers(scored, attempts), **ticket.headers}
+            answer = Response(resp.body, media_type=_JSON, headers=headers)
         finally:
             await committed  # durable before the client sees the answer
         return answer
@@ -131,14 +133,15 @@ class Gateway:
 
         def prepare(scored: Scored) -> None:
             # While the backend computes its first token: the headers it would be answered with.
-            prepared[:] = scored, attempts.count, stream_headers({**_headers(scored, attempts), **ticket.headers})
+            headers = stream_headers({**self._headers(scored, attempts), **ticket.headers})
+            prepared[:] = scored, attempts.count, headers
 
         opened = await self.dispatcher.open_stream(self._job(ctx, parsed), order, attempts, make, prepare)
         self._hedge_overhead(ctx, parsed, attempts)
         self.planner.observe_power(opened.scored.candidate.info.name, opened.stream.headers, still_counted=True)
         scored, count, headers = prepared
         if scored is not opened.scored or count != attempts.count:  # a hedge won, or a later attempt
-            headers = stream_headers({**_headers(opened.scored, attempts), **ticket.headers})
+            headers = stream_headers({**self._headers(opened.scored, attempts), **ticket.headers})
         relay = StreamRelay(
             ctx, opened, attempts, client_usage=parsed.client_usage,
             prompt_tokens=lambda: self.tokens.count_prompt(parsed.payload), ledger=self.ledger,
@@ -237,14 +240,28 @@ def _ttft_estimate(latency_s: float, tokens_out: int, scored: Scored) -> float:
     return max(0.0, latency_s - tokens_out / tps) if tps else latency_s
 
 
-def _headers(scored: Scored, attempts: Attempts) -> dict[str, str]:
-    parts = ",".join(f"{k}={v:.3f}" for k, v in scored.parts.items())
-    return {
-        "x-fedrouter-backend": scored.candidate.info.name,
-        "x-fedrouter-backend-class": scored.candidate.info.backend_class,
-        "x-fedrouter-score": f"{scored.score:.3f};{parts}",
-        "x-fedrouter-attempts": str(attempts.count),
-    }
+class _Headers:
+    """The ``x-fedrouter-*`` headers of an answer. The score's is one %-format per set of scorer
+    names (a policy's), made once, rather than a format and a join per part on every request."""
+
+    def __init__(self) -> None:
+        self._formats: dict[tuple[str, ...], str] = {}
+
+    def __call__(self, scored: Scored, attempts: Attempts) -> dict[str, str]:
+        parts = scored.parts
+        names = tuple(parts)
+        fmt = self._formats.get(names)
+        if fmt is None:
+            if len(self._formats) >= 256:  # policies come and go through the admin API
+                self._formats.clear()
+            fmt = self._formats[names] = "%.3f;" + ",".join(f"{name}=%.3f" for name in names)
+        info = scored.candidate.info
+        return {
+            "x-fedrouter-backend": info.name,
+            "x-fedrouter-backend-class": info.backend_class,
+            "x-fedrouter-score": fmt % (scored.score, *parts.values()),
+            "x-fedrouter-attempts": str(attempts.count),
+        }
 
 
 __all__ = ["Gateway", "Tenant"]
