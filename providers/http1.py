@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from providers.ticker import Ticker
+
 _HIGH_WATER = 1 << 20  # buffered body bytes at which the socket stops being read
 _LOW_WATER = 1 << 18
 
@@ -47,9 +49,11 @@ class Origin:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one exchange at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, gone: Callable[[_Connection], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gone: Callable[[_Connection], None], ticker: Ticker) -> None:
         self.loop = loop
         self.gone = gone  # tells the pool this connection is closed
+        self.ticker = ticker  # times the waits: one timer for every connection, not one per wait
+        self.when = 0.0  # when the wait in progress times out, on the loop's clock
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
@@ -153,14 +157,20 @@ class _Connection(asyncio.Protocol):
     async def wait(self, within: float | None) -> None:
         """Until the next event on this connection (headers, body bytes, the end, an error)."""
         fut = self.waiter = self.loop.create_future()
-        # A timer handle rather than asyncio.timeout(): one heap entry, no task cancellation.
-        timer = self.loop.call_later(within, _expire, fut) if within is not None else None
+        if within is not None:
+            self.when = self.loop.time() + within
+            self.ticker.arm(self)
         try:
             await fut
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
+            if within is not None:
+                self.ticker.disarm(self)
+
+    def expire(self) -> None:
+        """The wait in progress has lasted its ``within``."""
+        if self.waiter is not None:
+            _expire(self.waiter)
 
     def take(self) -> bytes:
         chunk = self.chunks.popleft()
@@ -267,8 +277,10 @@ class Pool:
     """Keep-alive connections to one origin, most recently used first."""
 
     def __init__(self, base_url: str, headers: dict[str, str], *, connect_timeout: float = 5.0,
-                 keepalive_s: float = 30.0, max_idle: int = 512, ssl_context: ssl.SSLContext | None = None) -> None:
+                 keepalive_s: float = 30.0, max_idle: int = 512, ssl_context: ssl.SSLContext | None = None,
+                 ticker: Ticker | None = None) -> None:
         self.origin = Origin(base_url)
+        self._ticker = ticker or Ticker()  # may be shared by the pools of one event loop
         self._ssl = (ssl_context or ssl.create_default_context()) if self.origin.tls else None
         self._static = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self._connect_timeout = connect_timeout
@@ -326,8 +338,8 @@ class Pool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop, self._open.discard), origin.host, origin.port, ssl=self._ssl,
-                    server_hostname=origin.host if self._ssl is not None else None)
+                    lambda: _Connection(loop, self._open.discard, self._ticker), origin.host, origin.port,
+                    ssl=self._ssl, server_hostname=origin.host if self._ssl is not None else None)
         except TimeoutError:
             raise HttpError(f"could not connect to {origin.authority} within {self._connect_timeout:g} s") from None
         except (OSError, ssl.SSLError) as exc:

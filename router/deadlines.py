@@ -1,16 +1,13 @@
-"""Request deadlines, all watched by one coarse timer rather than a timer each.
-
-``asyncio.timeout`` arms a timer per request and disarms it on the way out; on uvloop each is a
-libuv timer started and stopped, which cost more than the rest of dispatch put together. A
-deadline here is an entry in a dict that one timer, ticking only while some are armed, checks
-every ``tick_s``: a request runs at most that much past its deadline, a few per cent of any
-deadline worth setting.
-"""
+"""Request deadlines, all watched by one coarse timer (``providers.ticker``) rather than
+``asyncio.timeout``'s timer per request, which cost more than the rest of dispatch put together:
+a request may run up to one tick (50 ms) past its deadline."""
 
 from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+
+from providers.ticker import Ticker
 
 
 class Deadline:
@@ -48,33 +45,8 @@ class Deadline:
             self._task.cancel()
 
 
-class Deadlines:
+class Deadlines(Ticker):
     """The deadlines of the requests in flight on one event loop."""
-
-    def __init__(self, tick_s: float = 0.05) -> None:
-        self.tick_s = tick_s
-        self._armed: set[Deadline] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
 
     def after(self, seconds: float) -> Deadline:
         return Deadline(self, asyncio.get_running_loop().time() + seconds)
-
-    def arm(self, deadline: Deadline) -> None:
-        self._armed.add(deadline)
-        loop = asyncio.get_running_loop()
-        if self._timer is None or self._loop is not loop:  # none ticking, or on a loop since closed
-            self._loop = loop
-            self._timer = loop.call_later(self.tick_s, self._check)
-
-    def disarm(self, deadline: Deadline) -> None:
-        self._armed.discard(deadline)
-
-    def _check(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for deadline in [d for d in self._armed if d.when <= now]:
-            self._armed.discard(deadline)
-            deadline.expire()
-        # Ticks only while some deadline is armed: an idle gateway has no timer running.
-        self._timer = loop.call_later(self.tick_s, self._check) if self._armed else None

@@ -31,7 +31,7 @@ async def test_work_done_in_time_is_untouched_and_the_timer_stops():
         await asyncio.sleep(0.03)
     assert not deadline.expired
     await asyncio.sleep(0.03)  # a tick after the last deadline was disarmed
-    assert watch._timer is None, "an idle gateway keeps no timer running"
+    assert not watch.ticking, "an idle gateway keeps no timer running"
 
 
 @async_test
@@ -92,7 +92,11 @@ async def test_deadlines_of_concurrent_tasks_fire_each_on_time():
 def test_one_watch_serves_successive_event_loops():
     watch = Deadlines(tick_s=0.01)
 
-    async def once() -> bool:
+    async def quick() -> None:
+        async with watch.after(5):
+            pass  # disarmed at once: the loop closes with the tick still scheduled on it
+
+    async def slow() -> bool:
         try:
             async with watch.after(0.03):
                 await asyncio.sleep(1)
@@ -100,7 +104,6 @@ def test_one_watch_serves_successive_event_loops():
             return True
         return False
 
-    assert asyncio.run(once())
-    # The first loop closed with the timer's handle still set: the second must arm its own.
-    watch._armed.clear()
-    assert asyncio.run(once())
+    asyncio.run(quick())
+    assert watch.ticking
+    assert asyncio.run(slow()), "the second loop got a timer of its own"
