@@ -129,27 +129,36 @@ class Gateway:
             add_usage = scored.candidate.info.name in self._stream_usage
             return upstream_request(ctx.endpoint, parsed.payload, parsed.body, scored, parsed.model, add_usage)
 
-        prepared: list[Any] = [None, 0, None]  # scored, attempt count, the response's headers
+        relay: StreamRelay | None = None
+        planned: tuple[Scored | None, int, list[tuple[bytes, bytes]]] = (None, 0, [])
 
         def prepare(scored: Scored) -> None:
-            # While the backend computes its first token: the headers it would be answered with.
-            headers = stream_headers({**self._headers(scored, attempts), **ticket.headers})
-            prepared[:] = scored, attempts.count, headers
+            # While the backend computes its first token: the relay, and the headers it would be
+            # answered with, so that the first event only has to be checked and written.
+            nonlocal relay, planned
+            if relay is None:
+                relay = self._relay(ctx, parsed, attempts, ticket)
+            planned = scored, attempts.count, stream_headers({**self._headers(scored, attempts), **ticket.headers})
 
         opened = await self.dispatcher.open_stream(self._job(ctx, parsed), order, attempts, make, prepare)
         self._hedge_overhead(ctx, parsed, attempts)
         self.planner.observe_power(opened.scored.candidate.info.name, opened.stream.headers, still_counted=True)
-        scored, count, headers = prepared
+        scored, count, headers = planned
         if scored is not opened.scored or count != attempts.count:  # a hedge won, or a later attempt
             headers = stream_headers({**self._headers(opened.scored, attempts), **ticket.headers})
-        relay = StreamRelay(
-            ctx, opened, attempts, client_usage=parsed.client_usage,
+        if relay is None:
+            relay = self._relay(ctx, parsed, attempts, ticket)
+        relay.begin(opened)
+        return EventStreamResponse(relay.events(), headers, relay.abandon)
+
+    def _relay(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts, ticket: Ticket) -> StreamRelay:
+        return StreamRelay(
+            ctx, attempts, client_usage=parsed.client_usage,
             prompt_tokens=lambda: self.tokens.count_prompt(parsed.payload), ledger=self.ledger,
             stats=self.stats, metrics=self.metrics, tokens=self.tokens,
             release=lambda name: self.dispatcher.stream_done(name, ctx.model),
             settle=lambda record: self.admission.settle(ticket, record),
         )
-        return EventStreamResponse(relay.events(), headers, relay.abandon)
 
     def _job(self, ctx: RequestContext, parsed: _Parsed) -> Job:
         return Job(ctx.model, parsed.stream, parsed.shape.max_output_tokens,

@@ -33,12 +33,14 @@ def frame(payload: bytes) -> bytes:
 
 
 class StreamRelay:
-    def __init__(self, ctx: RequestContext, opened: Opened, attempts: Attempts, *, client_usage: bool,
+    """Made while the backend computes its first token, begun (``begin``) once it has come."""
+
+    def __init__(self, ctx: RequestContext, attempts: Attempts, *, client_usage: bool,
                  prompt_tokens: Callable[[], int], ledger: Ledger, stats: StatsBook, metrics: Metrics,
                  tokens: TokenCounter, release: Callable[[str], None],
                  settle: Callable[[UsageRecord | None], Awaitable[None]] | None = None) -> None:
         self._ctx = ctx
-        self._opened = opened
+        self._opened: Opened | None = None
         self._attempts = attempts
         self._client_usage = client_usage
         self._prompt_tokens = prompt_tokens
@@ -54,8 +56,17 @@ class StreamRelay:
         self._finished = False
         self._last: dict[str, Any] | None = None
 
+    def begin(self, opened: Opened) -> None:
+        """The stream whose first event has come, from the backend that answered."""
+        self._opened = opened
+
+    @property
+    def opened(self) -> Opened:
+        assert self._opened is not None, "a relay is begun before its events are read"
+        return self._opened
+
     async def events(self) -> AsyncIterator[bytes]:
-        opened = self._opened
+        opened = self.opened
         name = opened.scored.candidate.info.name
         outcome: Outcome = "client_disconnected"
         record: UsageRecord | None = None
@@ -95,7 +106,7 @@ class StreamRelay:
             await self._end("client_disconnected", None)
 
     async def _end(self, outcome: Outcome, record: UsageRecord | None) -> None:
-        opened = self._opened
+        opened = self.opened
         name = opened.scored.candidate.info.name
         await opened.stream.aclose()
         self._release(name)
@@ -156,8 +167,8 @@ class StreamRelay:
             tokens_in = self._prompt_tokens()
             tokens_out = self._tokens.count("".join(self._text))
             source = "counted"
-        ttft = self._opened.opened_at - self._ctx.started
-        return build_record(self._ctx, self._opened.scored, tokens_in, tokens_out, outcome, source,
+        ttft = self.opened.opened_at - self._ctx.started
+        return build_record(self._ctx, self.opened.scored, tokens_in, tokens_out, outcome, source,
                             self._attempts.count, ttft, attempt=self._attempts.answered or None)
 
     def _usage_chunk(self, rec: UsageRecord) -> bytes:
