@@ -30,6 +30,7 @@ from router.errors import GatewayError
 from router.ledger.base import Ledger, UsageRecord
 from router.limits import WINDOW_S, Verdict, buckets, concurrency_refused, first_refusal, headers, stream_slots
 from router.limits import too_large as too_large_for
+from router.state.redis import close_client
 
 log = logging.getLogger("fedrouter")
 
@@ -291,7 +292,7 @@ class RedisAdmission:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._redis.aclose(close_connection_pool=True)  # a pool given to Redis() is not closed by default
+        await close_client(self._redis, close_connection_pool=True)  # a pool given to Redis() is not closed by default
 
 
 def _or_minus(value: int | None) -> int:

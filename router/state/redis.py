@@ -56,7 +56,7 @@ class RedisStore:
             # Bounded: closing a pubsub whose read was just cancelled can wait on a connection
             # redis-py still holds, and shutting down must never hang on it.
             await asyncio.wait({self._listener_task}, timeout=_CLOSE_S)
-        await self._redis.aclose()
+        await close_client(self._redis)
 
     async def _listen(self, listener: Listener, ready: asyncio.Event) -> None:
         """Apply ejection events as they come; reconnect after a lost connection."""
@@ -178,6 +178,14 @@ class RedisStore:
             return await pipe.execute()  # type: ignore[no-any-return]
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from None
+
+
+async def close_client(client: Redis, **options: bool) -> None:
+    """``client.aclose()``, bounded: disconnecting awaits each socket's ``wait_closed``, which can
+    wait for ever (redis-py issue 3941), and shutting down must not."""
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        async with asyncio.timeout(_CLOSE_S):
+            await client.aclose(**options)
 
 
 def _ejection(value: bytes) -> Ejection:
