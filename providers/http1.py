@@ -277,10 +277,9 @@ class Pool:
     """Keep-alive connections to one origin, most recently used first."""
 
     def __init__(self, base_url: str, headers: dict[str, str], *, connect_timeout: float = 5.0,
-                 keepalive_s: float = 30.0, max_idle: int = 512, ssl_context: ssl.SSLContext | None = None,
-                 ticker: Ticker | None = None) -> None:
+                 keepalive_s: float = 30.0, max_idle: int = 512, ssl_context: ssl.SSLContext | None = None) -> None:
         self.origin = Origin(base_url)
-        self._ticker = ticker or Ticker()  # may be shared by the pools of one event loop
+        self._ticker = Ticker()  # the read timeouts of every connection of this pool
         self._ssl = (ssl_context or ssl.create_default_context()) if self.origin.tls else None
         self._static = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self._connect_timeout = connect_timeout

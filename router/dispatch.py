@@ -273,9 +273,9 @@ class Dispatcher:
 
         async def call(scored: Scored, provider: Provider) -> Opened:
             stream = await provider.stream(make(scored))
-            if prepare is not None:
-                prepare(scored)
             try:
+                if prepare is not None:
+                    prepare(scored)
                 first = await anext(aiter(stream))
             except StopAsyncIteration:
                 await stream.aclose()
