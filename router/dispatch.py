@@ -18,7 +18,7 @@ from router.backend_stats import StatsBook
 from router.config import RoutingConfig
 from router.deadlines import Deadlines
 from router.errors import GatewayError, NoBackendAvailable, UpstreamRejected
-from router.hedging import Hedger, race
+from router.hedging import Hedger, Superseded, race
 from router.metrics import Metrics
 
 T = TypeVar("T")
@@ -266,34 +266,48 @@ class Dispatcher:
 
     async def open_stream(self, job: Job, order: list[Scored], attempts: Attempts,
                           make: Callable[[Scored], UpstreamRequest],
-                          prepare: Callable[[Scored], None] | None = None) -> Opened:
+                          prepare: Callable[[Scored], None] | None = None,
+                          commit: Callable[[Opened], None] | None = None) -> Opened:
         """Open a stream and wait for its first event; until then, a failure falls back unseen.
         ``prepare`` is called once a backend's answer has begun (its first event may be long in
-        coming), for work that would otherwise delay the first byte to the client."""
+        coming), for work that would otherwise delay the first byte to the client.
+
+        ``commit`` is called with the stream of the attempt that answers, once, as soon as its
+        first event is in and before dispatch unwinds, so that the event can leave at once. It
+        may refuse the event by raising ``ProviderError``: that attempt then fails like any other.
+        From ``commit`` on the stream is the caller's, in flight until ``stream_done``, even if
+        dispatch fails after it (a deadline passing while a losing hedge is stopped, say)."""
+        answered: list[Opened] = []
 
         async def call(scored: Scored, provider: Provider) -> Opened:
+            name = provider.info.name
             stream = await provider.stream(make(scored))
             try:
                 if prepare is not None:
                     prepare(scored)
                 first = await anext(aiter(stream))
+                if first.startswith(b'{"error"'):
+                    raise ProviderError("status", f"{name}: stream began with an error", status=502, body=first)
+                if answered:
+                    raise Superseded  # the hedge of this attempt, or this of its hedge, answered first
+                opened = Opened(scored, stream, first, time.perf_counter())
+                if commit is not None:
+                    commit(opened)
             except StopAsyncIteration:
                 await stream.aclose()
-                raise ProviderError("protocol", f"{provider.info.name}: stream ended before any event") from None
+                raise ProviderError("protocol", f"{name}: stream ended before any event") from None
             except BaseException:
                 await stream.aclose()
                 raise
-            if first.startswith(b'{"error"'):
-                await stream.aclose()
-                raise ProviderError("status", f"{provider.info.name}: stream began with an error",
-                                    status=502, body=first)
-            return Opened(scored, stream, first, time.perf_counter())
+            answered.append(opened)
+            self._stats.started(name, job.model)  # in flight until the relay ends (stream_done)
+            return opened
 
         async def discard(opened: Opened) -> None:
             await opened.stream.aclose()
+            self.stream_done(opened.scored.candidate.info.name, job.model)
 
         _, opened = await self.run(job, order, attempts, call, discard)
-        self._stats.started(opened.scored.candidate.info.name, job.model)  # in flight until the relay ends
         return opened
 
     def stream_done(self, name: str, model: str) -> None:

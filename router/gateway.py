@@ -14,7 +14,7 @@ from providers.base import Endpoint, Provider, UpstreamResponse
 from router.admission import DEFAULT_MAX_OUTPUT, Admission, LocalAdmission, Ticket, demand, needs_output_cap
 from router.api.body import optional_int, parse_object, require
 from router.backend_stats import StatsBook
-from router.dispatch import Attempts, Dispatcher, Job, upstream_request
+from router.dispatch import Attempts, Dispatcher, Job, Opened, upstream_request
 from router.errors import InvalidRequest, ModelNotFound
 from router.ledger.base import Ledger
 from router.metering import RequestContext, build_record, observe
@@ -22,7 +22,7 @@ from router.metrics import Metrics
 from router.overrides import parse as parse_overrides
 from router.overrides import strip as strip_overrides
 from router.routing import Planner, Tenant, request_needs
-from router.streaming import EventStreamResponse, StreamRelay, stream_headers
+from router.streaming import EarlyWrite, EventStreamResponse, StreamRelay, stream_headers
 from router.tenancy import Caller, Tenancy
 from router.tokens import TokenCounter
 
@@ -61,8 +61,12 @@ class Gateway:
     def max_body_bytes(self) -> int:
         return self._limit
 
-    async def handle(self, endpoint: Endpoint, authorization: str | None, body: bytes, request_id: str) -> Response:
-        """One inference request whose body has been read (within ``max_body_bytes``)."""
+    async def handle(self, endpoint: Endpoint, authorization: str | None, body: bytes, request_id: str,
+                     early: EarlyWrite | None = None) -> Response:
+        """One inference request whose body has been read (within ``max_body_bytes``). With
+        ``early``, a stream's head and first event are written through it the moment that event
+        is in; the EventStreamResponse returned then relays the rest, and an error raised after
+        that is the server's to end the stream with."""
         received = time.time()
         started = time.perf_counter()
         tenant = await self.tenancy.authenticate(authorization)
@@ -78,7 +82,7 @@ class Gateway:
         parsed, ticket = await self._admit(ctx, tenant, parsed, plan.order)
         try:
             if parsed.stream:
-                return await self._stream(ctx, parsed, plan.order, ticket)  # the relay settles from here on
+                return await self._stream(ctx, parsed, plan.order, ticket, early)  # the relay settles from here on
             return await self._complete(ctx, parsed, plan.order, ticket)
         except BaseException:
             await self.admission.settle(ticket, None)  # nothing billed (a no-op if settled already)
@@ -122,7 +126,8 @@ class Gateway:
             await committed  # durable before the client sees the answer
         return answer
 
-    async def _stream(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket) -> Response:
+    async def _stream(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket,
+                      early: EarlyWrite | None) -> Response:
         attempts = Attempts()
 
         def make(scored: Scored) -> Any:
@@ -140,16 +145,30 @@ class Gateway:
                 relay = self._relay(ctx, parsed, attempts, ticket)
             planned = scored, attempts.count, stream_headers({**self._headers(scored, attempts), **ticket.headers})
 
-        opened = await self.dispatcher.open_stream(self._job(ctx, parsed), order, attempts, make, prepare)
+        headers: list[tuple[bytes, bytes]] = []
+
+        def commit(opened: Opened) -> None:
+            # Inside dispatch, so that the first event leaves before its bookkeeping unwinds.
+            nonlocal relay, headers
+            if relay is None:
+                relay = self._relay(ctx, parsed, attempts, ticket)
+            first = relay.begin(opened)  # an event that is not one fails this attempt, unseen
+            scored, count, headers = planned
+            if scored is not opened.scored or count != attempts.count:  # a hedge won, or a later attempt
+                headers = stream_headers({**self._headers(opened.scored, attempts), **ticket.headers})
+            if early is not None:
+                early(headers, first or b"")
+
+        try:
+            opened = await self.dispatcher.open_stream(self._job(ctx, parsed), order, attempts, make, prepare, commit)
+        except BaseException:
+            if relay is not None and relay.begun:  # failed after its answer began (a deadline, a shutdown)
+                await relay.abandon("cancelled")
+            raise
+        assert relay is not None
         self._hedge_overhead(ctx, parsed, attempts)
         self.planner.observe_power(opened.scored.candidate.info.name, opened.stream.headers, still_counted=True)
-        scored, count, headers = planned
-        if scored is not opened.scored or count != attempts.count:  # a hedge won, or a later attempt
-            headers = stream_headers({**self._headers(opened.scored, attempts), **ticket.headers})
-        if relay is None:
-            relay = self._relay(ctx, parsed, attempts, ticket)
-        relay.begin(opened)
-        return EventStreamResponse(relay.events(), headers, relay.abandon)
+        return EventStreamResponse(relay.events(first_written=early is not None), headers, relay.abandon)
 
     def _relay(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts, ticket: Ticket) -> StreamRelay:
         return StreamRelay(

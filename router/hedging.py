@@ -54,6 +54,11 @@ class Hedger:
         return True
 
 
+class Superseded(Exception):
+    """Raised by an attempt that has its answer but finds the other already answered the client;
+    it consumed as much as a hedge cancelled in flight."""
+
+
 @dataclass(frozen=True, slots=True)
 class Raced(Generic[T]):
     winner: int  # 0: the first attempt, 1: the hedge
@@ -114,7 +119,8 @@ async def _stop(task: asyncio.Future[T], discard: Callable[[T], Awaitable[None]]
         await asyncio.wait({task}, timeout=GRACE_S)
         return True
     if not _succeeded(task):
-        return False  # it failed on its own, and was accounted as a failure
+        # It failed on its own, and was accounted as a failure; or it came second with an answer.
+        return not task.cancelled() and isinstance(task.exception(), Superseded)
     if discard is not None:
         with contextlib.suppress(Exception):
             await discard(task.result())

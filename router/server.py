@@ -34,7 +34,7 @@ from router.api.fastpath import INFERENCE_ROUTES, GatewayApp, error_response
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest, error_body
 from router.gateway import Gateway
 from router.shedding import LoadShedder
-from router.streaming import EventStreamResponse
+from router.streaming import EventStreamResponse, frame
 
 log = logging.getLogger("fedrouter")
 
@@ -271,6 +271,13 @@ class _StreamSend:
         elif kind == "http.response.body":
             await self._body(message.get("body", b""), message.get("more_body", False))
 
+    def early(self, headers: list[tuple[bytes, bytes]], first: bytes) -> None:
+        """An event stream's head and first event, written at once (``router.streaming.EarlyWrite``)."""
+        self.begin(200, headers)
+        out = self._framed(first, True)
+        if not self.conn.lost and self.conn.transport is not None:
+            self.conn.transport.write(out)
+
     async def chunk(self, body: bytes) -> None:
         await self._body(body, True)
 
@@ -299,6 +306,12 @@ class _StreamSend:
     async def _body(self, body: bytes, more: bool) -> None:
         if self.ended:
             return
+        out = self._framed(body, more)
+        if out:
+            await self.conn.write(out)
+
+    def _framed(self, body: bytes, more: bool) -> bytes:
+        """``body`` as it goes on the wire, after the head if that has not gone yet."""
         out = self.head or b""
         self.head = None
         if self.request.method == b"HEAD":
@@ -311,8 +324,7 @@ class _StreamSend:
         else:
             out += body
         self.ended = not more
-        if out:
-            await self.conn.write(out)
+        return out
 
 
 class Server:
@@ -426,13 +438,20 @@ class Server:
 
     async def _inference(self, conn: _Connection, request: _Request, endpoint: str, request_id: str,
                          rid: bytes) -> None:
+        send = _StreamSend(conn, request, rid)
         try:
             response = await self.gateway.handle(endpoint, request.header(b"authorization"),  # type: ignore[arg-type]
-                                                 request.body, request_id)
+                                                 request.body, request_id, send.early)
         except GatewayError as err:
+            if send.started:  # after the stream's first event: it ends with one error event
+                await _end_stream(send, err.body())
+                return
             response = error_response(err)
         except Exception:
             log.exception("unhandled error on %s", request.url.decode("latin-1"))
+            if send.started:
+                await _end_stream(send, _SERVER_ERROR)
+                return
             conn.write_answer(500, [(b"content-type", b"application/json")], _SERVER_ERROR,
                               keep_alive=request.keep_alive, request_id=rid)
             return
@@ -441,12 +460,12 @@ class Server:
                               keep_alive=request.keep_alive, request_id=rid)
             return
         if isinstance(response, EventStreamResponse):
-            send = _StreamSend(conn, request, rid)
-            send.begin(200, response.raw_headers)
+            if not send.started:
+                send.begin(200, response.raw_headers)
             if await response.relay(send.chunk, conn.gone):
                 await send.finish()
             return
-        await response({"type": "http"}, _Receive(conn, b""), _StreamSend(conn, request, rid))
+        await response({"type": "http"}, _Receive(conn, b""), send)
 
     async def _asgi(self, conn: _Connection, request: _Request, path: bytes, query: bytes) -> None:
         if request.too_large:
@@ -471,6 +490,12 @@ class Server:
             conn.write_answer(500, [(b"content-type", b"application/json")], _SERVER_ERROR, keep_alive=False)
         elif not send.ended:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _end_stream(send: _StreamSend, error: bytes) -> None:
+    with contextlib.suppress(OSError):  # the client has gone
+        await send.chunk(frame(error))
+        await send.finish()
 
 
 class _Receive:

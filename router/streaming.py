@@ -3,6 +3,9 @@
 Events pass through as the backend framed them, except the usage chunk: it is held back until
 the usage record is durable, and dropped if the client did not ask for one. Once the first byte
 has gone out the backend can no longer change, so a failure ends the stream with one error event.
+
+The first event is checked (``StreamRelay.begin``) while dispatch can still fall back, and the
+server may write it with the head at that moment (an ``EarlyWrite``), before dispatch unwinds.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from router.tokens import TokenCounter
 
 DONE = b"data: [DONE]\n\n"
 
+# Writes an event stream's head (200, these headers) and its first event in one go, without
+# waiting: the transport buffers what the client has not read yet.
+EarlyWrite = Callable[[list[tuple[bytes, bytes]], bytes], None]
+
 
 def frame(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
@@ -34,6 +41,10 @@ def frame(payload: bytes) -> bytes:
 
 class StreamRelay:
     """Made while the backend computes its first token, begun (``begin``) once it has come."""
+
+    __slots__ = ("_attempts", "_client_usage", "_ctx", "_finished", "_first", "_last", "_ledger", "_metrics",
+                 "_opened", "_prompt_tokens", "_release", "_settle", "_started", "_stats", "_text", "_tokens",
+                 "_usage")
 
     def __init__(self, ctx: RequestContext, attempts: Attempts, *, client_usage: bool,
                  prompt_tokens: Callable[[], int], ledger: Ledger, stats: StatsBook, metrics: Metrics,
@@ -55,26 +66,35 @@ class StreamRelay:
         self._text: list[str] = []
         self._finished = False
         self._last: dict[str, Any] | None = None
+        self._first: bytes | None = None  # the first event as the client gets it
 
-    def begin(self, opened: Opened) -> None:
-        """The stream whose first event has come, from the backend that answered."""
+    def begin(self, opened: Opened) -> bytes | None:
+        """The stream whose first event has come, from the backend that answers: that event as
+        the client gets it (None if held back). Raises ``ProviderError``, and stays unbegun, if
+        the event is not one; nothing has reached the client then, so another backend can answer."""
+        self._first = self._take(opened.first)
         self._opened = opened
+        return self._first
+
+    @property
+    def begun(self) -> bool:
+        return self._opened is not None
 
     @property
     def opened(self) -> Opened:
         assert self._opened is not None, "a relay is begun before its events are read"
         return self._opened
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self, first_written: bool = False) -> AsyncIterator[bytes]:
+        """The events to relay; ``first_written``: the first went out with the head already."""
         opened = self.opened
         name = opened.scored.candidate.info.name
         outcome: Outcome = "client_disconnected"
         record: UsageRecord | None = None
         self._started = True
         try:
-            out = self._take(opened.first)
-            if out is not None:
-                yield out
+            if self._first is not None and not first_written:
+                yield self._first
             async for payload in opened.stream:
                 out = self._take(payload)
                 if out is not None:
@@ -99,11 +119,12 @@ class StreamRelay:
         finally:
             await self._end(outcome, record)
 
-    async def abandon(self) -> None:
-        """End a relay whose events were never read (the client left before the first one)."""
+    async def abandon(self, outcome: Outcome = "client_disconnected") -> None:
+        """End a begun relay whose events were never read: the client left before they were, or
+        the request failed after its first event was taken."""
         if not self._started:
             self._started = True
-            await self._end("client_disconnected", None)
+            await self._end(outcome, None)
 
     async def _end(self, outcome: Outcome, record: UsageRecord | None) -> None:
         opened = self.opened

@@ -137,6 +137,59 @@ def test_stall_before_first_token_falls_back(start_sim_backend, start_gateway):
     assert time.perf_counter() - started < 3
 
 
+@pytest.fixture
+def lying_backend(loop_thread):
+    """An upstream whose streams open with an event that is not JSON, then go on as if fine."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: this is not JSON\n\n")
+        await response.write(b'data: {"choices":[{"index":0,"delta":{"content":"spliced"}}]}\n\n')
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def start() -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner, runner.addresses[0][1]
+
+    runner, port = loop_thread.run(start())
+    yield f"http://127.0.0.1:{port}/v1"
+    loop_thread.run(runner.cleanup())
+
+
+def test_a_first_event_that_is_not_json_falls_back_unseen(lying_backend, start_sim_backend, start_gateway):
+    good = start_sim_backend("good")
+    gw = start_gateway([
+        {"name": "liar", "class": "datacenter", "type": "openai", "base_url": lying_backend, "models": ["m1"],
+         "price": {"input": 0, "output": 0}},
+        backend_entry(good, price={"input": 9, "output": 9}),
+    ], routing={"exploration": 0.0})
+    stream = gw.client().chat.completions.with_raw_response.create(
+        model="m1", messages=MSG, max_tokens=4, stream=True, stream_options={"include_usage": True})
+    assert stream.headers["x-fedrouter-backend"] == "good"
+    assert stream.headers["x-fedrouter-attempts"] == "2"
+    chunks = list(stream.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and "spliced" not in text, "nothing of the lying backend reaches the client"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    rows = gw.usage("acme")["recent"]
+    assert [(r["backend"], r["attempts"], r["outcome"]) for r in rows] == [("good", 2, "ok")]
+    deadline = time.monotonic() + 5  # the relay lets go of its backend just after the last event
+    while time.monotonic() < deadline:
+        stats = {x["name"]: x["stats"] for x in
+                 httpx.get(gw.url + "/admin/v1/backends", headers=gw.admin()).json()["data"]}
+        if stats["good"]["inflight"] == 0:
+            break
+        time.sleep(0.02)
+    assert (stats["liar"]["failures"], stats["liar"]["inflight"], stats["good"]["inflight"]) == (1, 0, 0)
+
+
 def test_mid_stream_failure_ends_with_one_error_event(start_sim_backend, start_gateway):
     gw, a, b = _two(start_sim_backend, start_gateway)
     a.set(drop_after_chunks=2)
