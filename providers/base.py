@@ -30,7 +30,7 @@ class BackendInfo:
     max_concurrency: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every attempt, and a frozen __init__ costs several times as much
 class UpstreamRequest:
     """One call to a backend. ``raw`` is the body already serialised, when the gateway had no
     reason to change the client's bytes; adapters that speak JSON send it as is."""

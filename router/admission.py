@@ -42,7 +42,7 @@ DEFAULT_MAX_OUTPUT = 4096
 BUDGET_WARNING = "x-fedrouter-budget-warning"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every request, and a frozen __init__ costs five times as much
 class Demand:
     """What one request asks of its tenant's limits and budgets."""
 

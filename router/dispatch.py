@@ -37,7 +37,7 @@ class Attempts:
     hedged: list[tuple[Scored, int]] = field(default_factory=list)  # hedge losers cancelled, with their number
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every request, and a frozen __init__ costs several times as much
 class Job:
     """What dispatch needs to know of the request besides its candidates."""
 

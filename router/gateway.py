@@ -30,7 +30,7 @@ _DEFAULT_MAX_OUTPUT = 256
 _JSON = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every request, and a frozen __init__ costs several times as much
 class _Parsed:
     body: bytes
     payload: dict[str, Any]

@@ -22,6 +22,7 @@ from router.routing import Tenant
 
 Source = Literal["config", "api"]
 _UNLIMITED = RateLimits()  # frozen
+_MAX_CALLERS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,9 @@ class Tenancy:
         self._keys = keys
         self._refresh_s = refresh_s
         self._fresh_until = 0.0
+        # The caller of each key as last authenticated, while its key record and tenant entry are
+        # the same objects: most requests come from a key seen a moment ago.
+        self._callers: dict[str, tuple[KeyRecord, TenantEntry, Caller]] = {}
 
     async def start(self) -> None:
         """Write the config's tenants to the database, then read every tenant from it."""
@@ -130,9 +134,16 @@ class Tenancy:
             entry = self._entries.get(record.tenant)
         if record is None or entry is None:
             raise AuthenticationFailed(f"Incorrect API key provided: {_redact(key)}.")
+        seen = self._callers.get(record.key_id)
+        if seen is not None and seen[0] is record and seen[1] is entry:
+            return seen[2]
         t = entry.tenant
-        return Caller(t.name, t.policy, t.allow_volunteer, record.key_id, record, entry.config.limits,
-                      tuple(entry.config.budgets))
+        caller = Caller(t.name, t.policy, t.allow_volunteer, record.key_id, record, entry.config.limits,
+                        tuple(entry.config.budgets))
+        if len(self._callers) >= _MAX_CALLERS:
+            self._callers.clear()
+        self._callers[record.key_id] = (record, entry, caller)
+        return caller
 
     # -- administration ----------------------------------------------------------------------
 
