@@ -50,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["FEDROUTER_STATE"] = args.state  # for the workers, which read the environment
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        sock = server.bind(args.host, args.port)
+        sock = server.bind_for_workers(args.host, args.port) if args.workers > 1 else server.bind(args.host, args.port)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
     if args.workers > 1:

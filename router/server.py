@@ -21,6 +21,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
@@ -517,17 +518,33 @@ def _addr(value: Any) -> tuple[str, int] | None:
     return (str(value[0]), int(value[1])) if isinstance(value, tuple) and len(value) >= 2 else None
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP socket; ``reuse_port`` lets worker processes share the port."""
+def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A listening TCP socket; ``reuse_port`` lets other sockets listen on the same port, and
+    without ``listen`` it only holds the port (see ``bind_for_workers``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def bind_for_workers(host: str, port: int) -> socket.socket:
+    """The socket for ``run_workers``. On Linux a socket that only holds the port: each worker
+    listens on a socket of its own there (SO_REUSEPORT) and the kernel spreads new connections
+    evenly across them, where one shared accept queue lets the quickest worker take most of a
+    light load. Elsewhere SO_REUSEPORT does not balance, so the workers share one listening socket."""
+    if sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT"):
+        # Without SO_REUSEPORT first: a port another server holds is refused here, rather than
+        # joined, and port 0 becomes a real port.
+        with bind(host, port, listen=False) as probe:
+            port = probe.getsockname()[1]
+        return bind(host, port, reuse_port=True, listen=False)
+    return bind(host, port)
 
 
 def run(app: GatewayApp, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
@@ -543,9 +560,10 @@ def run(app: GatewayApp, sock: socket.socket, on_ready: Callable[[], None] | Non
 
 
 def run_workers(workers: int, sock: socket.socket, build: Callable[[], GatewayApp]) -> int:
-    """``workers`` processes accepting on one shared socket, each with its own app from ``build``
-    (a module-level function, so that it can be named to a spawned process). SIGINT and SIGTERM
-    are passed on; returns when every worker has ended."""
+    """``workers`` processes, each with its own app from ``build`` (a module-level function, so
+    that it can be named to a spawned process), on ``sock`` from ``bind_for_workers``: on its
+    port each with a socket of its own if ``sock`` only holds it, else all accepting on ``sock``.
+    SIGINT and SIGTERM are passed on; returns when every worker has ended."""
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(sock, build), name=f"fedrouter-worker-{i}") for i in range(workers)]
     for proc in procs:
@@ -564,4 +582,9 @@ def run_workers(workers: int, sock: socket.socket, build: Callable[[], GatewayAp
 
 
 def _worker(sock: socket.socket, build: Callable[[], GatewayApp]) -> None:
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):  # it holds the port: listen beside it
+        host, port = sock.getsockname()[:2]
+        own = bind(host, port, reuse_port=True)
+        sock.close()
+        sock = own
     run(build(), sock)

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -573,16 +574,18 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(worker_config: tuple[Pat
                     "model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
 
             with ThreadPoolExecutor(4) as pool:
-                answers = list(pool.map(complete, range(20)))
-        assert [r.status_code for r in answers] == [200] * 20
+                answers = list(pool.map(complete, range(40)))
+        assert [r.status_code for r in answers] == [200] * 40
         request_ids = [r.headers["x-request-id"] for r in answers]
         assert all(re.fullmatch(r"req_[0-9a-f]{16}[0-9a-f]{8}", rid) for rid in request_ids)
-        prefixes = {rid[:-8] for rid in request_ids}
-        assert len(prefixes) == 2, f"expected both workers to answer, saw {prefixes}"
+        per_worker = Counter(rid[:-8] for rid in request_ids)
+        # Each worker listens on its own socket and the kernel spreads connections by a hash of
+        # their addresses: 40 connections split fewer than 6 to 34 once in about a million runs.
+        assert len(per_worker) == 2 and min(per_worker.values()) >= 6, per_worker
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)  # raises TimeoutExpired (and _spawn kills it) if it hangs
         assert proc.returncode == 0, err
-    assert "requests:      20" in _run("usage", "--tenant", "acme", "--ledger", ledger).stdout
+    assert "requests:      40" in _run("usage", "--tenant", "acme", "--ledger", ledger).stdout
 
 
 def test_the_app_also_serves_under_uvicorn(start_sim_backend: Callable[..., Sim]) -> None:
