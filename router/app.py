@@ -110,7 +110,7 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
     gateway = Gateway(
         tenancy=tenancy, admission=admission,
         planner=Planner((p.info for p in providers.values()), stats, config.routing.exploration, random.Random(),
-                        config=config),
+                        config=config, consider=config.routing.consider),
         dispatcher=Dispatcher(providers, stats, config.routing, metrics),
         stats=stats, ledger=ledger, metrics=metrics, tokens=tokens, providers=providers,
         stream_usage=stream_usage_backends(config), max_body_bytes=config.limits.max_body_bytes,

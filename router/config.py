@@ -226,6 +226,16 @@ class RoutingConfig(_Strict):
     deadline_s: float = Field(default=120.0, gt=0)  # for a whole answer, or a stream's first event
     retry_budget: RetryBudget = RetryBudget()
     hedging: HedgingConfig = HedgingConfig()
+    #: K: a model served by more backends is not scored whole on each request, only the first K
+    #: admissible ones of a ranking rebuilt every second or so (see policies.selection).
+    consider: int = Field(default=16, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _consider_covers_attempts(self) -> RoutingConfig:
+        if self.consider < self.max_attempts:
+            raise ValueError(f"consider ({self.consider}) must be at least max_attempts "
+                             f"({self.max_attempts}): fewer backends considered would cut fallback short")
+        return self
 
 
 class LimitsConfig(_Strict):

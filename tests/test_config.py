@@ -36,6 +36,8 @@ def _backend(**extra):
                                                                                    "energy": 0}}}]},
          "weights must not all be zero"),
         ({"backends": [_backend()], "routing": {"max_attemps": 2}}, "routing: unknown key 'max_attemps'"),
+        ({"backends": [_backend()], "routing": {"consider": 4, "max_attempts": 5}},
+         "routing: consider (4) must be at least max_attempts (5)"),
         ({"backends": [_backend(api_key="env:FEDROUTER_TEST_UNSET_VAR")]},
          "environment variable FEDROUTER_TEST_UNSET_VAR is not set"),
         ({"backend": []}, "unknown key 'backend'"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from router.errors import ModelNotFound, NoBackendAvailable
 from router.overrides import Override
 from router.routing import Planner, Tenant
 from router.state.memory import MemoryStore
+from tests.conftest import backend_entry
 from tests.test_policies import ALL, REQ, _constraints, _requests, _weights, cand
 
 # ---- the fused scoring is the per-scorer reference, bit for bit ----------------------------
@@ -258,3 +260,16 @@ def test_a_large_group_never_breaks_a_hard_constraint(policy, seed, prompt, outp
     for s in plan.order:
         assert filters.admissible(s.candidate, cons, shape) is None
         assert 0.0 <= s.score <= 1.0 + 1e-9
+
+
+def test_routing_consider_sets_how_many_backends_of_a_large_group_are_scored(start_sim_backend, start_gateway):
+    sim = start_sim_backend("one-sim")  # twelve backends in the config, all served by one simulator
+    gw = start_gateway([backend_entry(sim, name=f"b{i:02d}", price={"input": i, "output": i}) for i in range(12)],
+                       routing={"consider": 5, "exploration": 0.0})
+    reply = gw.client().chat.completions.with_raw_response.create(
+        model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert reply.headers["x-fedrouter-backend"] == "b00"  # the cheapest, under a balanced policy
+    rows = [r for r in gw.usage("acme")["recent"] if r["request_id"] == reply.headers["x-request-id"]]
+    decision = orjson.loads(rows[0]["decision"])  # as stored: JSON text
+    assert len(decision["candidates"]) == 5
+    assert decision["rejected"] == {"(not examined)": "7 backends ranked below those considered"}
