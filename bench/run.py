@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,22 @@ class Processes:
     def stop_all(self) -> None:
         for proc in reversed(self.procs[:]):
             self.stop(proc)
+
+
+@contextlib.contextmanager
+def processes(prefix: str) -> Iterator[tuple[Processes, Path]]:
+    """A temporary folder for a run's files and logs, and the processes started in it: all are
+    stopped at the end, and on an error the tail of every log is printed first."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        procs = Processes(Path(tmp))
+        try:
+            yield procs, Path(tmp)
+        except Exception:
+            for log in sorted(Path(tmp).glob("*.log")):
+                print(f"--- {log.name} (tail) ---\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+            raise
+        finally:
+            procs.stop_all()
 
 
 def free_port() -> int:
@@ -291,16 +308,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fedrouter-bench-") as tmp:
-        procs = Processes(Path(tmp))
-        try:
-            result = run(QUICK if args.quick else FULL, procs, Path(tmp))
-        except Exception:
-            for log in sorted(Path(tmp).glob("*.log")):
-                print(f"--- {log.name} (tail) ---\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
-            raise
-        finally:
-            procs.stop_all()
+    with processes("fedrouter-bench-") as (procs, tmp):
+        result = run(QUICK if args.quick else FULL, procs, tmp)
     print(table(result["targets"], result["goals"]))
     if any(t["failed"] for t in result["targets"].values()):
         print("\nWARNING: some requests failed (see 'failed requests'); the figures are not comparable.")

@@ -19,9 +19,9 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+import aiohttp
 import run as bench  # bench/run.py: run as ``python bench/ttfb_ab.py``, its folder is on sys.path
 
 ROOT = bench.BENCH.parent
@@ -46,7 +46,7 @@ async def interleaved(urls: dict[str, str], key: str, n: int, warmup: int = 20) 
     samples: dict[str, list[float]] = {t: [] for t in urls}
     names = list(urls)
     body = json.dumps(bench.STREAM).encode()
-    async with bench.aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
         for i in range(warmup + n):
             k = i % len(names)
             for target in names[k:] + names[:k]:
@@ -95,16 +95,8 @@ def main() -> None:
     for tree in (args.old, args.new):
         if not (tree / "router" / "cli.py").is_file():
             parser.error(f"{tree} is not a fedrouter source tree")
-    with tempfile.TemporaryDirectory(prefix="fedrouter-ab-") as tmp:
-        procs = bench.Processes(Path(tmp))
-        try:
-            samples = measure(args.old.resolve(), args.new.resolve(), args.n, Path(tmp), procs)
-        except Exception:
-            for log in sorted(Path(tmp).glob("*.log")):
-                print(f"--- {log.name} (tail) ---\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
-            raise
-        finally:
-            procs.stop_all()
+    with bench.processes("fedrouter-ab-") as (procs, tmp):
+        samples = measure(args.old.resolve(), args.new.resolve(), args.n, tmp, procs)
     direct = statistics.median(samples["direct"])
     print("| target | TTFB p50 (ms) | added p50 (ms) | TTFB p90 (ms) |\n|---|---:|---:|---:|")
     for target, values in samples.items():
