@@ -7,6 +7,8 @@ not skip, when the server is down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import secrets
 import sqlite3
 import time
@@ -243,6 +245,35 @@ async def test_a_thousand_concurrent_submits_land_exactly_once(open_store: OpenS
     totals = await ledger.totals("acme", D2, D2)
     assert totals["requests"] == 1000
     assert totals["input_tokens"] == 10_000
+
+
+@pytest.mark.asyncio
+async def test_enqueued_records_land_and_close_flushes_them(open_store: OpenStore) -> None:
+    """``enqueue`` (nobody waits): the writer holds records to batch them, and close commits
+    every one still held."""
+    ledger = await open_store()
+    for i in range(300):
+        ledger.enqueue(make_record(i, ts=ts_of(D2, i)))
+    await ledger.close()
+    reopened = await open_store()
+    totals = await reopened.totals("acme", D2, D2)
+    assert (totals["requests"], totals["input_tokens"]) == (300, 3000)
+
+
+@pytest.mark.asyncio
+async def test_an_enqueued_record_that_fails_is_logged_and_spares_its_batch(
+        open_store: OpenStore, caplog: pytest.LogCaptureFixture) -> None:
+    ledger = await open_store()
+    bad = dataclasses.replace(make_record(7, ts=ts_of(D2)), tenant=None)  # NOT NULL
+    caplog.set_level(logging.ERROR, logger="fedrouter.ledger")
+    for rec in (make_record(1, ts=ts_of(D2)), bad, make_record(2, ts=ts_of(D2))):
+        ledger.enqueue(rec)
+    await ledger.submit(make_record(3, ts=ts_of(D2)))  # queued behind them: one batch, whose commit fails
+    await ledger.close()
+    [lost] = [r.getMessage() for r in caplog.records if r.name == "fedrouter.ledger"]
+    assert lost.startswith("usage record req_000007:1 (tenant None, backend b1) was not recorded")
+    reopened = await open_store()
+    assert sorted(r["request_id"] for r in await reopened.recent(10)) == ["req_000001", "req_000002", "req_000003"]
 
 
 @pytest.mark.asyncio

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from router.ledger.base import (
     COLUMNS,
+    LINGER_S,
     PAYOUT_COLUMNS,
     ROLLUP_COLUMNS,
     Retention,
     UsageRecord,
     day_bounds,
     done_future,
+    lost,
     resolve,
     row_of,
     stop_task,
@@ -50,7 +52,7 @@ _INSERT = (
 _COUNTS = frozenset(c for c, src in ROLLUP_SOURCES.items() if src is None or src.endswith("tokens"))
 _MAX_BATCH = 1000
 _LOCK_KEY = 0x66656472  # advisory lock id serialising migrations across gateway processes
-_Item = tuple[UsageRecord, asyncio.Future[None]]
+_Item = tuple[UsageRecord, asyncio.Future[None] | None]  # no future: nobody waits for the commit
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -92,6 +94,10 @@ class PostgresLedger:
         self._queue.put_nowait((record, fut))
         return fut
 
+    def enqueue(self, record: UsageRecord) -> None:
+        if not self._retention.too_old(record):
+            self._queue.put_nowait((record, None))
+
     def pending(self) -> int:
         return self._queue.qsize()
 
@@ -100,6 +106,8 @@ class PostgresLedger:
             item = await self._queue.get()
             if item is None:
                 return
+            if item[1] is None:
+                await asyncio.sleep(LINGER_S)  # nobody waits for this one: gather more first
             batch = [item]
             stop = False
             while len(batch) < _MAX_BATCH and not self._queue.empty():
@@ -126,8 +134,11 @@ class PostgresLedger:
                     await self._commit([one])
                 return
             error = exc
+        if error is not None:
+            lost([rec for rec, fut in batch if fut is None], error)
         for _, fut in batch:
-            resolve(fut, error)
+            if fut is not None:
+                resolve(fut, error)
 
     def _acquire(self) -> Any:
         assert self._pool is not None, "ledger not started"

@@ -20,12 +20,14 @@ from typing import Any
 
 from router.ledger.base import (
     COLUMNS,
+    LINGER_S,
     PAYOUT_COLUMNS,
     ROLLUP_COLUMNS,
     Retention,
     UsageRecord,
     day_bounds,
     done_future,
+    lost,
     resolve,
     row_of,
     stop_task,
@@ -41,7 +43,7 @@ _WAL_RESTART_FRAMES = 4096
 _WAL_KEEP_BYTES = 64 * 1024 * 1024  # a WAL file larger than this is truncated when it restarts
 _PRUNE_CHUNK = 5000
 _STOP = None
-_Item = tuple[UsageRecord, asyncio.Future[None]]
+_Item = tuple[UsageRecord, asyncio.Future[None] | None]  # no future: nobody waits for the commit
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -112,6 +114,10 @@ class SQLiteLedger:
         self._queue.put((record, fut))
         return fut
 
+    def enqueue(self, record: UsageRecord) -> None:
+        if not self._retention.too_old(record):
+            self._queue.put((record, None))
+
     def pending(self) -> int:
         return self._queue.qsize()
 
@@ -120,6 +126,10 @@ class SQLiteLedger:
             item = self._queue.get()
             if item is _STOP:
                 break
+            if item[1] is None:
+                # Nobody waits for this one: gather more first. A commit per record or two would
+                # take the GIL from the event loop thousands of times a second.
+                time.sleep(LINGER_S)
             batch = [item]
             while len(batch) < _MAX_BATCH:
                 try:
@@ -162,11 +172,14 @@ class SQLiteLedger:
             for item in batch:
                 self._commit(conn, [item])
             return
+        if error is not None:
+            lost([rec for rec, fut in batch if fut is None], error)
         # One wake-up of each event loop per batch, not one per record: every
         # call_soon_threadsafe writes to the loop's self-pipe.
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, fut in batch:
-            by_loop.setdefault(fut.get_loop(), []).append(fut)
+            if fut is not None:
+                by_loop.setdefault(fut.get_loop(), []).append(fut)
         for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
                 loop.call_soon_threadsafe(_resolve_all, futures, error)
