@@ -106,7 +106,8 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
     # A request's limits and budget reservation are held at most this long by a gateway that died.
     lease_s = max(b.timeouts.total for b in config.backends) + 60.0
     admission = open_admission(settings.state, settings.state_prefix + "adm:", ledger, lease_s)
-    tenancy = Tenancy(config, keys, settings.key_cache_s)
+    tenancy = Tenancy(config, keys, settings.key_cache_s,
+                      limits_per_process=settings.workers > 1 and settings.state is None)
     gateway = Gateway(
         tenancy=tenancy, admission=admission,
         planner=Planner((p.info for p in providers.values()), stats, config.routing.exploration, random.Random(),

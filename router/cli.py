@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from router.config import ConfigError, FederationConfig, load_config
+from router.config import ConfigError, FederationConfig, TenantConfig, load_config
 from router.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,11 +39,33 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**{k: v for k in ("ledger", "state") if (v := getattr(args, k, None))})
 
 
+def _limits_per_process(config: FederationConfig, settings: Settings) -> list[str]:
+    """The limits and budgets, declared or stored, that workers without shared state would each
+    enforce on their own."""
+    from router.keys import KeyStore
+    from router.tenancy import per_process_limits
+
+    store = KeyStore(settings.keys_path())
+    try:
+        declared = {t.name for t in config.tenants}
+        stored = [TenantConfig.model_validate_json(spec) for name, spec, source in store.tenants()
+                  if source == "api" and name not in declared]
+        return per_process_limits([*config.tenants, *stored], store.list_keys())
+    finally:
+        store.close()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from router import server
 
+    if args.workers < 1:
+        return _fail(f"--workers {args.workers}: give at least 1")
     config = load_config(args.config)  # checked here, so a bad config fails before any worker starts
     settings = _settings(args)
+    if args.workers > 1 and settings.state is None and (held := _limits_per_process(config, settings)):
+        return _fail(f"--workers {args.workers} without --state would enforce rate limits and budgets in each "
+                     f"worker separately, each allowing the whole amount ({', '.join(held)}); "
+                     "pass --state redis://HOST:PORT/DB, or serve with one worker")
     if args.ledger:
         os.environ["FEDROUTER_LEDGER"] = args.ledger
     if args.state:
@@ -55,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
     if args.workers > 1:
         os.environ[_CONFIG_ENV] = str(Path(args.config).resolve())
+        os.environ["FEDROUTER_WORKERS"] = str(args.workers)
         return server.run_workers(args.workers, sock, app_factory)
     from router.app import create_app
 

@@ -14,7 +14,7 @@ class Settings(BaseSettings):
     #: Seconds a positive or negative API key lookup is cached; a revoked key stops working after it.
     key_cache_s: float = Field(default=10.0, ge=0)
     #: Whether a response waits for its usage record to be committed (the durability promise).
-    #: Off, records are still written by the same group commit, but one a crash cuts short is lost.
+    #: Off, records are committed in batches every few milliseconds, and those a crash cuts short are lost.
     ledger_durable: bool = True
     #: Days raw usage events are kept; daily rollups (and so totals) are kept for good. None keeps all.
     ledger_retention_days: int | None = Field(default=None, ge=1)
@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     keys_db: str | None = None
     #: Where state shared by gateway replicas lives: None = this process only; redis://HOST:PORT/DB.
     state: str | None = None
+    #: Processes serving this port (``fedrouter serve --workers`` sets it for them). With more than
+    #: one and no ``state``, rate limits and budgets could not hold, and none may be set.
+    workers: int = Field(default=1, ge=1)
     #: Prefix of every key this deployment writes in the state store (one per deployment or test run).
     state_prefix: str = "fedrouter:"
     #: Before planning, ejections read from the state store older than this are read again.

@@ -12,6 +12,7 @@ sharing the database sees tenants created or changed through the API after at mo
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,6 +53,28 @@ def _spec(config: TenantConfig) -> str:
     return config.model_dump_json(exclude_defaults=True)
 
 
+def per_process_limits(tenants: Iterable[TenantConfig], keys: Iterable[KeyRecord] = ()) -> list[str]:
+    """What several gateway processes without shared state would each enforce on their own,
+    allowing the whole amount once per process: tenants' rate limits and budgets, and the
+    limits of keys still in use."""
+    found = []
+    for t in tenants:
+        kinds = [kind for kind, on in (("rate limits", t.limits != _UNLIMITED), ("budgets", bool(t.budgets))) if on]
+        if kinds:
+            found.append(f"tenant {t.name} ({' and '.join(kinds)})")
+    now = time.time()
+    found += [f"key {k.key_id} of tenant {k.tenant} (rate limits)" for k in keys
+              if k.limits is not None and k.limits != _UNLIMITED and k.status(now) != "revoked"]
+    return found
+
+
+def shared_state_required() -> InvalidRequest:
+    return InvalidRequest(
+        "Rate limits and budgets need shared state when several gateway processes serve (--workers N): each "
+        "process would allow the whole amount. Restart the gateway with --state redis://HOST:PORT/DB.",
+        code="shared_state_required")
+
+
 def check_key_limits(tenant: RateLimits, key: RateLimits | None) -> None:
     """A key's limits may narrow its tenant's, never widen them."""
     if key is None:
@@ -65,7 +88,11 @@ def check_key_limits(tenant: RateLimits, key: RateLimits | None) -> None:
 
 
 class Tenancy:
-    def __init__(self, config: FederationConfig, keys: KeyStore, refresh_s: float = 10.0) -> None:
+    def __init__(self, config: FederationConfig, keys: KeyStore, refresh_s: float = 10.0,
+                 limits_per_process: bool = False) -> None:
+        """``limits_per_process``: this is one of several processes without shared state, where
+        limits and budgets could not hold; the API then refuses to set any."""
+        self.limits_per_process = limits_per_process
         self._declared = {t.name: t for t in config.tenants}
         self._entries = {t.name: _entry(t, "config") for t in config.tenants}
         self._specs: dict[str, str] = {}
@@ -147,7 +174,14 @@ class Tenancy:
 
     # -- administration ----------------------------------------------------------------------
 
+    def check_limits_hold(self, tenant: TenantConfig | None = None, key: RateLimits | None = None) -> None:
+        """Refuse limits or budgets this process alone would enforce (see ``limits_per_process``)."""
+        if self.limits_per_process and ((tenant is not None and per_process_limits([tenant])) or
+                                        (key is not None and key != _UNLIMITED)):
+            raise shared_state_required()
+
     async def create(self, config: TenantConfig) -> TenantEntry:
+        self.check_limits_hold(config)
         await self._reload()
         if config.name in self._entries or not await self._keys.run(self._keys.add_tenant, config.name,
                                                                       _spec(config)):
@@ -158,6 +192,7 @@ class Tenancy:
 
     async def update(self, config: TenantConfig) -> TenantEntry:
         self._writable(config.name)
+        self.check_limits_hold(config)
         await self._keys.run(self._keys.put_tenant, config.name, _spec(config), "api")
         await self._reload()
         return self._entries[config.name]
@@ -188,4 +223,5 @@ def _redact(key: str) -> str:
     return key[:3] + "*" * 8 + key[-4:] if len(key) > 10 else "*" * len(key)
 
 
-__all__ = ["Caller", "Tenancy", "TenantEntry", "check_key_limits", "unknown_tenant"]
+__all__ = ["Caller", "Tenancy", "TenantEntry", "check_key_limits", "per_process_limits", "shared_state_required",
+           "unknown_tenant"]

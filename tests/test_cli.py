@@ -118,6 +118,56 @@ def test_serve_with_two_workers(sim_and_config):
     assert "requests:      6" in _run("usage", "--tenant", "acme", "--ledger", ledger).stdout
 
 
+def test_workers_without_shared_state_refuse_limits(sim_and_config, tmp_path):
+    """Each of N workers without --state would allow a limit or budget in full: refused before
+    any worker starts, naming what would not hold."""
+    _, cfg, ledger = sim_and_config
+    limited = tmp_path / "limited.yaml"
+    limited.write_text(cfg.read_text() + "    budgets: [{metric: usd, period: daily, hard: 1.0}]\n")
+    port = _free_port()
+    refused = _run("serve", "--config", str(limited), "--port", str(port), "--ledger", ledger, "--workers", "2")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "tenant acme (budgets)" in refused.stderr and "--state redis://" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    # A key's own limits count too, from the key store.
+    created = _run("keys", "create", "--tenant", "acme", "--rpm", "5", "--config", str(cfg), "--ledger", ledger)
+    assert created.returncode == 0, created.stderr
+    refused = _run("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2")
+    assert refused.returncode == 2 and "of tenant acme (rate limits)" in refused.stderr
+    with socket.socket() as sock:  # and nothing was left listening
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+    zero = _run("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "0")
+    assert zero.returncode == 2 and "--workers 0: give at least 1" in zero.stderr
+
+
+@pytest.mark.timeout(60)  # two spawned interpreters importing the app
+def test_two_workers_with_shared_state_hold_one_rate_limit(sim_and_config, tmp_path, monkeypatch):
+    """With --state, a limit holds across the workers: 5 requests a minute in all, not 5 each."""
+    _, cfg, ledger = sim_and_config
+    limited = tmp_path / "limited.yaml"
+    limited.write_text(cfg.read_text() + "    limits: {requests_per_minute: 5}\n")
+    key = _run("keys", "create", "--tenant", "acme", "--config", str(limited), "--ledger", ledger).stdout.split()[-1]
+    monkeypatch.setenv("FEDROUTER_STATE_PREFIX", f"fedrouter-test:{time.time_ns()}:")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _spawn("serve", "--config", str(limited), "--port", str(port), "--ledger", ledger, "--workers", "2",
+                "--state", "redis://127.0.0.1:6379/0") as proc:
+        _wait_ready(url + "/healthz", proc, timeout=30)
+        fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection each time: either worker may take it
+        with httpx.Client(base_url=url, limits=fresh, timeout=10) as client:
+            workers: set[str] = set()
+            deadline = time.monotonic() + 20
+            while len(workers) < 2 and time.monotonic() < deadline:  # both workers up
+                workers.add(client.get("/healthz").headers["x-request-id"][:-8])
+            assert len(workers) == 2
+            answers = [client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json={
+                "model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}) for _ in range(20)]
+    assert sorted(r.status_code for r in answers) == [200] * 5 + [429] * 15
+    # Both workers answered (20 connections all to one worker: twice in a million runs).
+    assert len({r.headers["x-request-id"][:-8] for r in answers}) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

@@ -161,6 +161,39 @@ def test_tenants_created_changed_and_deleted_through_the_api(gateway):
     assert names == ["acme"]
 
 
+def test_workers_without_shared_state_refuse_limits_and_budgets(start_sim_backend, tmp_path):
+    """One of several processes without --state (FEDROUTER_WORKERS > 1): a limit or budget set
+    through the API would hold in this process only, so the API refuses it and writes nothing."""
+    sim = start_sim_backend("dc1", models=["m1", "m2"])
+    with serve(_config(sim, [{"name": "acme"}]), ledger=f"sqlite:///{tmp_path / 'gw.db'}", workers=2) as url:
+        before = httpx.get(url + "/admin/v1/tenants", headers=admin()).json()
+        for spec in ({"name": "newco", "limits": {"requests_per_minute": 30}},
+                     {"name": "newco", "budgets": [{"metric": "usd", "period": "daily", "hard": 1.0}]}):
+            err = _error(httpx.post(url + "/admin/v1/tenants", headers=admin(), json=spec), 400,
+                         "shared_state_required")
+            assert "--state redis://" in err["message"]
+        assert httpx.get(url + "/admin/v1/tenants", headers=admin()).json() == before
+
+        created = httpx.post(url + "/admin/v1/tenants", headers=admin(), json={"name": "newco", "policy": "cheapest"})
+        assert created.status_code == 200, created.text
+        _error(httpx.patch(url + "/admin/v1/tenants/newco", headers=admin(),
+                           json={"limits": {"concurrent_streams": 2}}), 400, "shared_state_required")
+        assert httpx.get(url + "/admin/v1/tenants/newco", headers=admin()).json()["limits"] == {}
+        keys = httpx.get(url + "/admin/v1/keys", headers=admin()).json()["data"]
+        _error(httpx.post(url + "/admin/v1/keys", headers=admin(),
+                          json={"tenant": "newco", "limits": {"requests_per_minute": 5}}), 400, "shared_state_required")
+        assert httpx.get(url + "/admin/v1/keys", headers=admin()).json()["data"] == keys
+        key = _key(url)["key"]  # a key without limits of its own is fine
+        assert _chat(url, key).status_code == 200
+
+    # The same, with shared state: allowed.
+    with serve(_config(sim, [{"name": "acme"}]), ledger=f"sqlite:///{tmp_path / 'gw2.db'}", workers=2,
+               state="redis://127.0.0.1:6379/0", state_prefix=f"fedrouter-test:{time.time_ns()}:") as url:
+        resp = httpx.post(url + "/admin/v1/tenants", headers=admin(),
+                          json={"name": "newco", "limits": {"requests_per_minute": 30}})
+        assert resp.status_code == 200, resp.text
+
+
 @pytest.mark.parametrize(("change", "param", "fragment"), [
     ({"budgets": [{"metric": "usd", "period": "daily", "hard": -1}]}, "budgets.0.hard", "greater than or equal"),
     ({"budgets": [{"metric": "usd", "period": "daily", "hard": "10"}]}, "budgets.0.hard", "valid number"),

@@ -140,6 +140,7 @@ async def create_key(body: KeyCreate, gateway: GatewayDep, keys: KeysDep) -> dic
                              code="invalid_value")
     _check_models(gateway, body.models, "models")
     check_key_limits(entry.config.limits, body.limits)
+    gateway.tenancy.check_limits_hold(key=body.limits)
     secret, record = await keys.run(keys.create, body.tenant, name=body.name, expires_at=body.expires_at,
                                     models=body.models, limits=body.limits)
     return {**record.public(now), "key": secret}
