@@ -26,7 +26,7 @@ from router.backend_stats import EjectionPolicy, StatsBook
 from router.config import FederationConfig
 from router.dispatch import Dispatcher
 from router.errors import GatewayError, InvalidRequest, RouteNotFound, error_body
-from router.federation import build_providers, stream_usage_backends
+from router.federation import build_providers, stream_usage_backends, unpriced
 from router.gateway import Gateway
 from router.keys import KeyStore
 from router.ledger import open_ledger
@@ -97,6 +97,8 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
     metrics = Metrics()
     prices = PriceMap()
     providers = build_providers(config, prices)
+    for warning in unpriced(p.info for p in providers.values()):
+        log.warning("%s", warning)
     stats = _stats_book(config, settings)
     keys = KeyStore(settings.keys_path(), settings.key_cache_s)
     ledger = open_ledger(settings.ledger, settings.ledger_retention_days)

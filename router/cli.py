@@ -171,9 +171,19 @@ def _payouts(args: argparse.Namespace) -> int:
     return _write_export(args, body)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _check(args: argparse.Namespace) -> int:
+    from router.federation import backend_info, unpriced
+    from router.pricing import PriceMap
+
     config: FederationConfig = load_config(args.config)
-    print(f"{args.config}: ok ({len(config.backends)} backends, {len(config.tenants)} tenants)")
+    prices = PriceMap()
+    for warning in unpriced(backend_info(b, prices) for b in config.backends):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.config}: ok ({_count(len(config.backends), 'backend')}, {_count(len(config.tenants), 'tenant')})")
     return 0
 
 

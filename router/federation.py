@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from providers import registry
 from providers.base import BackendInfo, Provider
 from router.config import BackendConfig, FederationConfig
@@ -27,6 +29,15 @@ def backend_info(cfg: BackendConfig, prices: PriceMap) -> BackendInfo:
         joules_per_token=cfg.energy.joules_per_token if cfg.energy else None,
         max_concurrency=cfg.max_concurrency,
     )
+
+
+def unpriced(infos: Iterable[BackendInfo]) -> list[str]:
+    """The models backends serve with no price, none declared and none in litellm's price map:
+    their requests are recorded at cost 0. Said at start-up, so that nobody bills zero unknowingly."""
+    return [f"backend {info.name}: model {public} ({upstream}) has no price: none is declared and litellm's "
+            "price map does not know it, so its requests are recorded at cost 0 (declare "
+            "price: {input: 0, output: 0} if it is free)"
+            for info in infos for public, upstream in info.models.items() if public not in info.prices]
 
 
 def build_providers(config: FederationConfig, prices: PriceMap) -> dict[str, Provider]:

@@ -188,6 +188,17 @@ def test_cli_errors_are_one_clear_line_and_nonzero(tmp_path, sim_and_config, arg
     assert "Traceback" not in result.stderr
 
 
+def test_check_config_warns_of_a_model_without_a_price(sim_and_config, tmp_path):
+    _, cfg, _ = sim_and_config
+    assert _run("check-config", str(cfg)).stderr == ""  # its backend declares a price
+    unpriced = tmp_path / "unpriced.yaml"
+    unpriced.write_text(cfg.read_text().replace("    price: {input: 1.0, output: 2.0}\n", ""))
+    result = _run("check-config", str(unpriced))
+    assert result.returncode == 0 and result.stdout.strip() == f"{unpriced}: ok (1 backend, 1 tenant)"
+    assert result.stderr.startswith("warning: backend up: model m1 (m1) has no price")
+    assert "recorded at cost 0" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
 def test_unsupported_ledger_url_is_refused(sim_and_config):
     _, cfg, _ = sim_and_config
     result = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", "mysql://x/y")

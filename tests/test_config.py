@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from router.config import ConfigError, load_config, parse_config
+from router.federation import backend_info, unpriced
+from router.pricing import PriceMap
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +66,24 @@ def test_examples_load(monkeypatch):
     config = load_config(ROOT / "examples" / "federation.yaml")
     assert {b.backend_class for b in config.backends} == {"datacenter", "sovereign", "volunteer"}
     assert {b.type for b in config.backends} == {"openai", "litellm"}
+
+
+def test_models_without_a_price_are_named(monkeypatch):
+    """An undeclared price comes from litellm's bundled map; a model it does not know either is
+    recorded at cost 0, which start-up and check-config say. The example prices every model."""
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "EU1_KEY"):
+        monkeypatch.setenv(var, "x")
+    prices = PriceMap()
+    example = load_config(ROOT / "examples" / "federation.yaml")
+    assert unpriced(backend_info(b, prices) for b in example.backends) == []
+    config = parse_config({"backends": [
+        _backend(models={"mini": "gpt-4o-mini", "mine": "my-finetune"}),  # the map knows only the first
+        _backend(name="free", models=["mine"], price={"input": 0, "output": 0}),
+    ]})
+    infos = [backend_info(b, prices) for b in config.backends]
+    assert infos[0].prices["mini"] == (0.15, 0.6)
+    [warning] = unpriced(infos)
+    assert warning.startswith("backend eu-1: model mine (my-finetune) has no price")
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
