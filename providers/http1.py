@@ -64,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self.header_list: list[tuple[bytes, bytes]] = []
         self.status = 0
         self.headers_done = False
+        self.interim = False
         self.complete = False
         self.keep_alive = False
         self.error: Exception | None = None
@@ -76,7 +77,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.header_list = []
         self.status = 0
-        self.headers_done = self.complete = self.received = False
+        self.headers_done = self.complete = self.received = self.interim = False
 
     # asyncio.Protocol
 
@@ -122,7 +123,13 @@ class _Connection(asyncio.Protocol):
         self.header_list.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            self.interim = True
+            self.header_list = []
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.headers_done = True
         self._wake()
@@ -136,6 +143,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         self._wake()
 
@@ -240,15 +250,23 @@ class Response:
             if conn.chunks:
                 chunk = conn.take()
                 if self._decoder is not None:
-                    chunk = self._decoder.decompress(chunk)
+                    chunk = self._decode(chunk)
                     if not chunk:
                         continue
                 return chunk
             if conn.complete:
-                return self._decoder.flush() if self._decoder is not None else b""
+                return self._decode(None) if self._decoder is not None else b""
             if conn.error is not None:
                 raise conn.error
             await conn.wait(within)
+
+    def _decode(self, chunk: bytes | None) -> bytes:
+        """Decompressed body bytes (None: the end of the body)."""
+        try:
+            return self._decoder.decompress(chunk) if chunk is not None else self._decoder.flush()  # type: ignore[no-any-return]
+        except zlib.error as exc:
+            self.close()
+            raise HttpError(f"the backend's compressed body is corrupt: {exc}") from None
 
     async def read(self, within: float | None = None) -> bytes:
         """The whole body; ``within`` (s) bounds the wait for each piece of it."""

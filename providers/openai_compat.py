@@ -72,7 +72,7 @@ class OpenAICompatProvider:
         except TimeoutError:
             raise ProviderError("timeout", f"{self.info.name}: response timed out") from None
         except HttpError as exc:
-            raise ProviderError("connect", f"{self.info.name}: connection lost: {exc}") from None
+            raise ProviderError("connect", f"{self.info.name}: reading the answer failed: {exc}") from None
         finally:
             resp.release()
         try:

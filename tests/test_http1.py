@@ -528,6 +528,46 @@ async def test_compressed_body_is_decoded(serve: Serve, encoding: str, compress:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("cut", ["whole", "chunked"])
+async def test_corrupt_compressed_body_is_an_error_and_closes(serve: Serve, cut: str) -> None:
+    packed = bytearray(gzip.compress(b'{"choices":[{"text":"' + b"hello " * 2000 + b'"}]}'))
+    packed[20:50] = bytes(30)  # the deflate stream is broken from here on
+    saw_close: list[bool] = []
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        if cut == "whole":
+            await peer.send(answer(bytes(packed), b"content-encoding: gzip"))
+        else:
+            await peer.send(CHUNKED_HEAD.replace(b"\r\n\r\n", b"\r\ncontent-encoding: gzip\r\n\r\n"))
+            await peer.send(chunk(bytes(packed[:10])) + chunk(bytes(packed[10:])))
+        saw_close.append(await peer.closed_by_client())
+
+    wire = await serve(handler)
+    pool = wire.pool()
+    resp = await pool.post(pool.head("chat/completions"), BODY, 1.0)
+    with pytest.raises(HttpError, match="compressed body is corrupt"):
+        await resp.read(1.0)
+    assert resp.closed
+    await asyncio.sleep(0.05)
+    assert saw_close == [True]
+
+
+@pytest.mark.asyncio
+async def test_interim_answers_are_skipped(serve: Serve) -> None:
+    """100 Continue or 103 Early Hints before the answer: the answer is the one that follows."""
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>; rel=preload\r\n\r\n"
+    wire = await serve(answer_each(interim + answer(b'{"ok":true}', b"x-real: yes")))
+    pool = wire.pool()
+    for _ in range(2):  # and the connection is reused after it
+        resp = await pool.post(pool.head("chat/completions"), BODY, 1.0)
+        assert (resp.status, resp.headers.get("x-real"), "link" in resp.headers) == (200, "yes", False)
+        assert await resp.read(1.0) == b'{"ok":true}'
+        resp.release()
+    assert len(wire.peers) == 1
+
+
+@pytest.mark.asyncio
 async def test_unsupported_content_encoding_is_an_error(serve: Serve) -> None:
     saw_close: list[bool] = []
 
