@@ -269,9 +269,11 @@ class Response:
             raise HttpError(f"the backend's compressed body is corrupt: {exc}") from None
 
     async def read(self, within: float | None = None) -> bytes:
-        """The whole body; ``within`` (s) bounds the wait for each piece of it."""
+        """The whole body, within ``within`` s in all: a body that trickles in is no exception."""
+        loop_time = asyncio.get_running_loop().time
+        end = None if within is None else loop_time() + within
         parts = []
-        while chunk := await self.readany(within):
+        while chunk := await self.readany(None if end is None else max(0.0, end - loop_time())):
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

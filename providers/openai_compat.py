@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -13,6 +14,7 @@ from providers.http1 import HttpError, Pool, Response
 _JSON = "application/json"
 _SSE = "text/event-stream"
 _DRAIN_S = 0.05  # how long a finished stream may take to end its body before its connection is dropped
+_RESULT = {"chat/completions": "choices", "completions": "choices", "embeddings": "data"}  # a 200's list
 
 
 class OpenAICompatProvider:
@@ -66,11 +68,14 @@ class OpenAICompatProvider:
         return resp
 
     async def complete(self, request: UpstreamRequest) -> UpstreamResponse:
+        loop_time = asyncio.get_running_loop().time
+        end = loop_time() + self._total
         resp = await self._post(request, stream=False)
         try:
-            body = await resp.read(self._total)
+            body = await resp.read(max(0.0, end - loop_time()))  # the whole answer within total
         except TimeoutError:
-            raise ProviderError("timeout", f"{self.info.name}: response timed out") from None
+            raise ProviderError("timeout", f"{self.info.name}: the answer took longer than {self._total:g} s "
+                                "(timeouts.total)") from None
         except HttpError as exc:
             raise ProviderError("connect", f"{self.info.name}: reading the answer failed: {exc}") from None
         finally:
@@ -79,26 +84,32 @@ class OpenAICompatProvider:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ProviderError("protocol", f"{self.info.name}: answered with invalid JSON") from None
-        if not isinstance(data, dict) or "error" in data:
-            raise ProviderError("protocol", f"{self.info.name}: answered 200 without a result")
+        if not isinstance(data, dict) or "error" in data or not isinstance(data.get(_RESULT[request.endpoint]), list):
+            raise ProviderError("protocol", f"{self.info.name}: answered 200 without a result "
+                                f"(no '{_RESULT[request.endpoint]}' list)")
         return UpstreamResponse(body=body, data=data, headers=_power_header(resp))
 
     async def stream(self, request: UpstreamRequest) -> SSEStream:
+        started = asyncio.get_running_loop().time()
         resp = await self._post(request, stream=True)
-        return SSEStream(resp, self.info.name, self._first_token, self._idle)
+        return SSEStream(resp, self.info.name, first_due=started + self._first_token, idle=self._idle,
+                         end=started + self._total)
 
     async def close(self) -> None:
         await self._pool.close()
 
 
 class SSEStream:
-    """Server-sent events from an HTTP response: yields each event's data payload."""
+    """Server-sent events from an HTTP response: yields each event's data payload. Deadlines, on
+    the loop's clock: the first event, each next one (``idle``), and the whole answer (``end``);
+    bytes that make no event (comments, a line that never ends) do not put them off."""
 
-    def __init__(self, resp: Response, backend: str, first_token: float, idle: float) -> None:
+    def __init__(self, resp: Response, backend: str, *, first_due: float, idle: float, end: float) -> None:
         self._resp = resp
         self._backend = backend
-        self._first = first_token
+        self._first_due = first_due
         self._idle = idle
+        self._end = end
         self.headers = _power_header(resp)
         # One generator for the stream's life: it holds bytes read past the last event.
         self._iter = self._events()
@@ -111,13 +122,16 @@ class SSEStream:
         # Reads whatever has arrived and splits it into events, rather than awaiting line by
         # line: one await (and one timer) per network read instead of two per event.
         resp = self._resp
+        loop_time = asyncio.get_running_loop().time
+        due = min(self._first_due, self._end)
+        seen = False  # an event has come
         buf = b""
-        limit = self._first
+        skip_lf = False  # the last chunk ended in CR: an LF starting the next one ends the same line
         while True:
             try:
-                chunk = await resp.readany(limit)
+                chunk = await resp.readany(max(0.0, due - loop_time()))
             except TimeoutError:
-                raise ProviderError("timeout", f"{self._backend}: stream stalled") from None
+                raise ProviderError("timeout", self._late(seen, due)) from None
             except HttpError as exc:
                 raise ProviderError("connect", f"{self._backend}: stream broken: {exc}") from None
             if not chunk:
@@ -126,19 +140,37 @@ class SSEStream:
                 if payload and payload != b"[DONE]":
                     yield payload
                 return
-            buf = buf + chunk if buf else chunk
+            if skip_lf:
+                skip_lf = False
+                if chunk.startswith(b"\n"):
+                    chunk = chunk[1:]
             if b"\r" in chunk:
-                buf = buf.replace(b"\r\n", b"\n")
-            while (end := buf.find(b"\n\n")) >= 0:
-                payload = _data_of(buf[:end])
-                buf = buf[end + 2:]
+                # CRLF, LF and CR all end a line (the SSE spec); a CR that ends a chunk may be
+                # the first half of a CRLF split across two reads.
+                skip_lf = chunk.endswith(b"\r")
+                chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            buf = buf + chunk if buf else chunk
+            fresh = False
+            while (at := buf.find(b"\n\n")) >= 0:
+                payload = _data_of(buf[:at])
+                buf = buf[at + 2:]
                 if payload is None:
                     continue  # a comment or an event without data
                 if payload == b"[DONE]":
                     self._done = True
                     return
-                limit = self._idle
+                fresh = True
                 yield payload
+            if fresh:
+                seen = True
+                due = min(loop_time() + self._idle, self._end)
+
+    def _late(self, seen: bool, due: float) -> str:
+        if due >= self._end:
+            return f"{self._backend}: the answer took longer than its time limit (timeouts.total)"
+        if seen:
+            return f"{self._backend}: stream stalled: no event for {self._idle:g} s (timeouts.idle)"
+        return f"{self._backend}: no first event within its time limit (timeouts.first_token)"
 
     async def aclose(self) -> None:
         if not self._done:
