@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 BackendClass = Literal["datacenter", "volunteer", "sovereign"]
 Endpoint = Literal["chat/completions", "completions", "embeddings"]
 FailureKind = Literal["connect", "timeout", "status", "protocol"]
+# 4xx statuses that say nothing of the request: another backend may well serve it.
+_BACKENDS_FAULT = frozenset({401, 403, 404, 408, 409, 429})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,9 @@ class ProviderError(Exception):
     """A backend failed to serve a request.
 
     ``retryable`` says whether another attempt (here or elsewhere) can help: connection errors,
-    timeouts, 429 and 5xx can; a 4xx caused by the request itself cannot, and is relayed.
+    timeouts, 429 and 5xx can, and so can the 4xx that are the backend's own trouble (401 and
+    403: its credentials; 404: it lacks the model or route); a 4xx caused by the request itself
+    cannot, and is relayed.
     """
 
     def __init__(
@@ -74,7 +78,7 @@ class ProviderError(Exception):
     def retryable(self) -> bool:
         if self.kind != "status" or self.status is None:
             return True
-        return self.status in (408, 409, 429) or self.status >= 500
+        return self.status in _BACKENDS_FAULT or self.status >= 500
 
     @property
     def client_fault(self) -> bool:

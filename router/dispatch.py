@@ -17,7 +17,7 @@ from providers.base import EventStream, Provider, ProviderError, UpstreamRequest
 from router.backend_stats import StatsBook
 from router.config import RoutingConfig
 from router.deadlines import Deadlines
-from router.errors import GatewayError, NoBackendAvailable, UpstreamRejected
+from router.errors import GatewayError, InvalidRequest, NoBackendAvailable, UpstreamRejected
 from router.hedging import Hedger, Superseded, race
 from router.metrics import Metrics
 
@@ -86,6 +86,16 @@ class _Rotation:
             self.i, self.rounds = 0, self.rounds + 1
 
 
+def dump_object(payload: dict[str, object]) -> bytes:
+    """A request the gateway had to change, serialised again. orjson writes at most 254 levels of
+    nesting, where it reads 1024: a body nested deeper than that is refused, not failed."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"The request body could not be forwarded: {exc} (JSON nested more than 254 "
+                             "levels deep).", code="nested_too_deeply") from None
+
+
 def upstream_request(endpoint: str, payload: dict[str, object], raw: bytes, scored: Scored, model: str,
                      add_stream_usage: bool) -> UpstreamRequest:
     """The body for one backend: the client's bytes as they came unless this backend needs a
@@ -104,7 +114,7 @@ def upstream_request(endpoint: str, payload: dict[str, object], raw: bytes, scor
         return UpstreamRequest(endpoint, payload, raw)  # type: ignore[arg-type]
     body = {k: v for k, v in payload.items() if not (strip and k in _IDENTIFYING)}
     body.update(changes)
-    return UpstreamRequest(endpoint, body, None)  # type: ignore[arg-type]
+    return UpstreamRequest(endpoint, body, dump_object(body))  # type: ignore[arg-type]
 
 
 class Dispatcher:

@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 
 from policies.base import RequestShape, Scored
@@ -14,10 +13,10 @@ from providers.base import Endpoint, Provider, UpstreamResponse
 from router.admission import DEFAULT_MAX_OUTPUT, Admission, LocalAdmission, Ticket, demand, needs_output_cap
 from router.api.body import optional_int, parse_object, require
 from router.backend_stats import StatsBook
-from router.dispatch import Attempts, Dispatcher, Job, Opened, upstream_request
+from router.dispatch import Attempts, Dispatcher, Job, Opened, dump_object, upstream_request
 from router.errors import InvalidRequest, ModelNotFound
 from router.ledger.base import Ledger
-from router.metering import RequestContext, build_record, observe
+from router.metering import RequestContext, build_record, observe, reported
 from router.metrics import Metrics
 from router.overrides import parse as parse_overrides
 from router.overrides import strip as strip_overrides
@@ -191,18 +190,21 @@ class Gateway:
                                             billed=False))
 
     def _usage_of(self, payload: dict[str, Any], data: dict[str, Any]) -> tuple[int, int, str]:
-        usage = data.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-            out = usage.get("completion_tokens")
-            return usage["prompt_tokens"], out if isinstance(out, int) else 0, "upstream"
-        text: list[str] = []
-        for choice in data.get("choices") or []:
-            if isinstance(choice, dict):
-                message = choice.get("message")
-                text.append(str(message.get("content") or "") if isinstance(message, dict) else "")
-                if isinstance(choice.get("text"), str):
-                    text.append(choice["text"])
-        return self.tokens.count_prompt(payload), self.tokens.count("".join(text)), "counted"
+        """Tokens in and out: the backend's counts where it gives believable ones, else counted."""
+        tokens_in, tokens_out = reported(data.get("usage"))
+        source = "upstream" if tokens_in is not None and tokens_out is not None else "counted"
+        if tokens_in is None:
+            tokens_in = self.tokens.count_prompt(payload)
+        if tokens_out is None:
+            text: list[str] = []
+            for choice in data.get("choices") or []:
+                if isinstance(choice, dict):
+                    message = choice.get("message")
+                    text.append(str(message.get("content") or "") if isinstance(message, dict) else "")
+                    if isinstance(choice.get("text"), str):
+                        text.append(choice["text"])
+            tokens_out = self.tokens.count("".join(text))
+        return tokens_in, tokens_out, source
 
     async def close(self) -> None:
         for provider in self.providers.values():
@@ -249,7 +251,7 @@ def _capped(parsed: _Parsed) -> _Parsed:
     """A request of a tenant with a hard budget and no max output gets the default one, so the
     backend stops where the budget reservation does."""
     payload = {**parsed.payload, "max_tokens": DEFAULT_MAX_OUTPUT}
-    return replace(parsed, body=orjson.dumps(payload), payload=payload,
+    return replace(parsed, body=dump_object(payload), payload=payload,
                    shape=replace(parsed.shape, max_output_tokens=DEFAULT_MAX_OUTPUT))
 
 
@@ -258,7 +260,7 @@ def _retarget(parsed: _Parsed, model: str) -> _Parsed:
     once here so that every attempt sends the same bytes."""
     payload = strip_overrides(parsed.payload)
     payload["model"] = model
-    return replace(parsed, body=orjson.dumps(payload), payload=payload, model=model)
+    return replace(parsed, body=dump_object(payload), payload=payload, model=model)
 
 
 def _ttft_estimate(latency_s: float, tokens_out: int, scored: Scored) -> float:

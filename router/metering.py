@@ -48,6 +48,22 @@ def decision_json(plan: Plan) -> str:
     }).decode()
 
 
+# Past any model's context window: a count above it is a backend's error, not a bill.
+_MAX_TOKENS = 10_000_000
+
+
+def reported(usage: object) -> tuple[int | None, int | None]:
+    """A backend's own prompt and completion token counts, each None unless believable: a
+    non-negative integer (not a bool) within any context window. What is None is counted."""
+    if not isinstance(usage, dict):
+        return None, None
+    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def _count(value: object) -> int | None:
+    return value if type(value) is int and 0 <= value <= _MAX_TOKENS else None
+
+
 def build_record(ctx: RequestContext, scored: Scored, input_tokens: int, output_tokens: int,
                  outcome: Outcome, tokens_source: str, attempts: int, ttft_s: float | None, *,
                  attempt: int | None = None, kind: Kind = "request", billed: bool = True) -> UsageRecord:

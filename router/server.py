@@ -463,7 +463,13 @@ class Server:
         if isinstance(response, EventStreamResponse):
             if not send.started:
                 send.begin(200, response.raw_headers)
-            if await response.relay(send.chunk, conn.gone):
+            try:
+                relayed = await response.relay(send.chunk, conn.gone)
+            except Exception:  # a fault of ours mid-stream: the client still gets an end
+                log.exception("unhandled error relaying a stream on %s", request.url.decode("latin-1"))
+                await _end_stream(send, _SERVER_ERROR)
+                return
+            if relayed:
                 await send.finish()
             return
         await response({"type": "http"}, _Receive(conn, b""), send)

@@ -24,7 +24,7 @@ from router.backend_stats import StatsBook
 from router.dispatch import Attempts, Opened
 from router.errors import error_body
 from router.ledger.base import Ledger, Outcome, UsageRecord
-from router.metering import RequestContext, build_record, observe
+from router.metering import RequestContext, build_record, observe, reported
 from router.metrics import Metrics
 from router.tokens import TokenCounter
 
@@ -129,18 +129,23 @@ class StreamRelay:
     async def _end(self, outcome: Outcome, record: UsageRecord | None) -> None:
         opened = self.opened
         name = opened.scored.candidate.info.name
-        await opened.stream.aclose()
-        self._release(name)
-        if record is None:
-            record = self._record(outcome)
-            self._ledger.submit(record)  # queued now; the writer makes it durable
-        elif outcome == "ok":
-            generation = time.perf_counter() - opened.opened_at
-            ttft = opened.opened_at - self._ctx.started
-            self._stats.success(name, self._ctx.model, ttft, record.output_tokens, generation)
-        observe(self._metrics, record)
-        if self._settle is not None:
-            await self._settle(record)
+        try:
+            await opened.stream.aclose()
+        finally:
+            # Whatever fails below, the backend's slot and the request's reservation go back.
+            self._release(name)
+            try:
+                if record is None:
+                    record = self._record(outcome)
+                    self._ledger.submit(record)  # queued now; the writer makes it durable
+                elif outcome == "ok":
+                    generation = time.perf_counter() - opened.opened_at
+                    ttft = opened.opened_at - self._ctx.started
+                    self._stats.success(name, self._ctx.model, ttft, record.output_tokens, generation)
+                observe(self._metrics, record)
+            finally:
+                if self._settle is not None:
+                    await self._settle(record)
 
     def _take(self, payload: bytes) -> bytes | None:
         try:
@@ -161,7 +166,14 @@ class StreamRelay:
             return None
         if isinstance(choices, list):
             for choice in choices:
+                if not isinstance(choice, dict):
+                    raise ProviderError("protocol", "backend sent a choice that is not a JSON object")
                 self._collect(choice)
+        if usage:
+            # Usage on a chunk with choices: billed from, and kept off the client's chunk, which
+            # gets one usage chunk of its own at the end, if it asked for one.
+            self._usage = usage
+            payload = orjson.dumps({k: v for k, v in chunk.items() if k != "usage"})
         return frame(payload)
 
     def _collect(self, choice: dict[str, Any]) -> None:
@@ -181,13 +193,12 @@ class StreamRelay:
                     self._text.extend(s for s in (fn.get("name"), fn.get("arguments")) if isinstance(s, str))
 
     def _record(self, outcome: Outcome) -> UsageRecord:
-        usage = self._usage
-        if usage and isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int):
-            tokens_in, tokens_out, source = usage["prompt_tokens"], usage["completion_tokens"], "upstream"
-        else:
+        tokens_in, tokens_out = reported(self._usage)
+        source = "upstream" if tokens_in is not None and tokens_out is not None else "counted"
+        if tokens_in is None:
             tokens_in = self._prompt_tokens()
+        if tokens_out is None:
             tokens_out = self._tokens.count("".join(self._text))
-            source = "counted"
         ttft = self.opened.opened_at - self._ctx.started
         return build_record(self._ctx, self.opened.scored, tokens_in, tokens_out, outcome, source,
                             self._attempts.count, ttft, attempt=self._attempts.answered or None)

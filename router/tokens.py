@@ -57,16 +57,25 @@ class TokenCounter:
         return 0
 
 
-def _text_of(value: Any) -> str:
-    """The text inside a message, content part list or prompt, whatever its shape."""
+_MAX_DEPTH = 32  # deeper than any message or content-part shape; a body may nest far more
+
+
+def _text_of(value: Any, depth: int = 0) -> str:
+    """The text inside a message, content part list or prompt, whatever its shape: what it
+    cannot read (a tool call that is not an object, nesting past any real shape) counts nothing."""
     if isinstance(value, str):
         return value
+    if depth >= _MAX_DEPTH:
+        return ""
     if isinstance(value, list):
-        return " ".join(_text_of(v) for v in value if not isinstance(v, int))
+        return " ".join(_text_of(v, depth + 1) for v in value if not isinstance(v, int))
     if isinstance(value, dict):
         parts = [value.get("content"), value.get("text"), value.get("name")]
         calls = value.get("tool_calls")
         if isinstance(calls, list):
-            parts += [c.get("function", {}).get("arguments") for c in calls if isinstance(c, dict)]
-        return " ".join(_text_of(p) for p in parts if p)
+            for call in calls:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    parts.append(function.get("arguments"))
+        return " ".join(_text_of(p, depth + 1) for p in parts if p)
     return ""

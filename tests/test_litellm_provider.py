@@ -199,8 +199,9 @@ async def test_legacy_completions_are_refused(provider: Any, sim: SimControl) ->
 # -- failures -----------------------------------------------------------------------------------
 
 
+# 401 and 404 are the backend's (its key, its models): another backend may serve the request.
 @pytest.mark.parametrize(("status", "retryable"), [(429, True), (500, True), (503, True), (400, False),
-                                                   (401, False), (404, False)])
+                                                   (422, False), (401, True), (404, True)])
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_upstream_status_maps_to_provider_error(provider: Any, sim: SimControl, status: int,
                                                       retryable: bool, streaming: bool) -> None:

@@ -173,3 +173,127 @@ def test_a_200_without_choices_falls_back(scripted, start_sim_backend, start_gat
     resp = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, max_tokens=4)
     assert (resp.headers["x-fedrouter-backend"], resp.headers["x-fedrouter-attempts"]) == ("good", "2")
     assert resp.parse().choices[0].message.content
+
+
+# -- the backend's own 4xx ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [b"401 Unauthorized", b"403 Forbidden", b"404 Not Found"])
+def test_a_backends_own_4xx_falls_back(scripted, start_sim_backend, start_gateway, status: bytes) -> None:
+    """Its credentials or its models: nothing the client did, so another backend answers; alone,
+    the client gets 503 naming the backend's answer, never a 401 that blames its own key."""
+    scripted.steps = [json_answer({"error": {"message": "upstream says no", "type": "x", "param": None,
+                                             "code": None}}, status=status)]
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    resp = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, max_tokens=4)
+    assert (resp.headers["x-fedrouter-backend"], resp.headers["x-fedrouter-attempts"]) == ("good", "2")
+    alone = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30, json={
+        "model": "m1", "messages": MSG, "max_tokens": 4, "provider": {"only": ["scripted"]}})
+    assert alone.status_code == 503, alone.text
+    validate(alone.json(), "ErrorResponse")
+    assert f"HTTP {status[:3].decode()}" in alone.json()["error"]["message"]
+
+
+def test_a_request_a_backend_refuses_is_relayed_not_retried(scripted, start_sim_backend, start_gateway) -> None:
+    scripted.steps = [json_answer({"error": {"message": "max_tokens is too large", "type": "invalid_request_error",
+                                             "param": "max_tokens", "code": None}}, status=b"400 Bad Request")]
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30,
+                      json={"model": "m1", "messages": MSG, "max_tokens": 4})
+    assert resp.status_code == 400 and resp.json()["error"]["message"] == "max_tokens is too large"
+    assert resp.headers["x-should-retry"] == "false" and scripted.requests == 1
+
+
+# -- usage a backend reports ---------------------------------------------------------------------
+
+
+ANSWER = {"id": "x", "object": "chat.completion", "created": 1, "model": "m1",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
+                       "finish_reason": "stop"}]}
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": -1000000, "completion_tokens": -5},
+                                   {"prompt_tokens": True, "completion_tokens": "3"},
+                                   {"prompt_tokens": 10**15, "completion_tokens": 2}])
+def test_unbelievable_usage_is_counted_instead(scripted, start_sim_backend, start_gateway, usage) -> None:
+    scripted.steps = [json_answer({**ANSWER, "usage": usage})]
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    answer = gw.client().chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+    assert answer.choices[0].message.content == "Hello there"
+    [row] = gw.usage("acme")["recent"]
+    assert row["tokens_source"] == "counted" and row["cost_usd"] >= 0
+    assert 0 < row["input_tokens"] < 100 and row["output_tokens"] == 2  # "Hello there"
+
+
+def test_a_partial_usage_counts_what_is_missing(scripted, start_sim_backend, start_gateway) -> None:
+    scripted.steps = [json_answer({**ANSWER, "usage": {"prompt_tokens": 7, "completion_tokens": "3"}})]
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw.client().chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+    [row] = gw.usage("acme")["recent"]
+    assert (row["input_tokens"], row["output_tokens"], row["tokens_source"]) == (7, 2, "counted")
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": -1000000, "completion_tokens": -5},
+                                   {"prompt_tokens": 7, "completion_tokens": 3}])
+@pytest.mark.parametrize("asked", [False, True])
+def test_stream_usage_on_a_content_chunk(scripted, start_sim_backend, start_gateway, usage, asked: bool) -> None:
+    """Usage on the last content chunk, as some servers send it: billed from if believable, never
+    on the client's chunk, and the client gets one usage chunk if it asked, none otherwise."""
+    scripted.steps = [SSE_HEAD, chunk_event("Hello"), chunk_event(" there", finish="stop", usage=usage),
+                      b"data: [DONE]\n\n"]
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    extra = {"stream_options": {"include_usage": True}} if asked else {}
+    resp, events, _ = _stream(gw, **extra)
+    assert resp.text.endswith("data: [DONE]\n\n") and _text(events) == "Hello there"
+    assert all("usage" not in e for e in events if e["choices"])
+    [row] = gw.usage("acme")["recent"]
+    believable = usage["prompt_tokens"] >= 0
+    assert (row["output_tokens"], row["tokens_source"]) == ((3, "upstream") if believable else (2, "counted"))
+    usage_chunks = [e for e in events if not e["choices"]]
+    assert len(usage_chunks) == (1 if asked else 0)
+    if asked:
+        validate(usage_chunks[0], "CreateChatCompletionStreamResponse")
+        assert usage_chunks[0]["usage"]["completion_tokens"] == row["output_tokens"]
+
+
+def test_a_choice_that_is_not_an_object_falls_back(scripted, start_sim_backend, start_gateway) -> None:
+    scripted.steps = [SSE_HEAD, b'data: {"id":"c","object":"chat.completion.chunk","choices":["x"]}\n\n']
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    resp, events, _ = _stream(gw)
+    assert resp.headers["x-fedrouter-backend"] == "good" and _text(events)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_odd_message_shapes_are_still_billed(scripted, start_sim_backend, start_gateway, stream: bool) -> None:
+    """Counting the prompt at the gateway (the backend gave no usage) reads what it can of any
+    message shape the backend accepted, and never fails the request."""
+    scripted.steps = ([SSE_HEAD, chunk_event("Hi", finish="stop"), b"data: [DONE]\n\n"] if stream
+                      else [json_answer(ANSWER)])
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    deep: Any = "deep"
+    for _ in range(200 if stream else 600):  # a stream's body is changed (usage asked for): at most 254
+        deep = [deep]
+    messages = [{"role": "assistant", "tool_calls": [{"function": "x"}, "y", {"function": [1]}]},
+                {"role": "user", "content": deep}, {"role": "user", "content": "hello"}]
+    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30,
+                      json={"model": "m1", "messages": messages, "max_tokens": 4, "stream": stream})
+    assert resp.status_code == 200, resp.text
+    if stream:
+        assert resp.text.endswith("data: [DONE]\n\n")
+    [row] = gw.usage("acme")["recent"]
+    assert row["tokens_source"] == "counted" and row["input_tokens"] > 0
+
+
+def test_a_body_too_deep_to_forward_changed_is_refused(scripted, start_sim_backend, start_gateway) -> None:
+    """orjson reads 1024 levels but writes 254: a stream's body, changed to ask for usage, cannot
+    be written again. A 400 that says so, nothing sent and nothing billed."""
+    scripted.steps = [SSE_HEAD, chunk_event("Hi", finish="stop"), b"data: [DONE]\n\n"]
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    deep: Any = "deep"
+    for _ in range(300):
+        deep = [deep]
+    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30, json={
+        "model": "m1", "messages": [{"role": "user", "content": deep}], "max_tokens": 4, "stream": True})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "nested_too_deeply", resp.text
+    validate(resp.json(), "ErrorResponse")
+    assert scripted.requests == 0 and gw.usage("acme")["recent"] == []
