@@ -35,6 +35,9 @@ class Attempts:
     errors: list[str] = field(default_factory=list)
     answered: int = 0  # the number (1-based) of the attempt whose answer the client gets
     hedged: list[tuple[Scored, int]] = field(default_factory=list)  # hedge losers cancelled, with their number
+    # Attempts that failed, with their number and how ("rejected": the request's own 4xx, relayed).
+    failed: list[tuple[Scored, int, str]] = field(default_factory=list)
+    last: tuple[Scored, int] | None = None  # the attempt begun last
 
 
 @dataclass(slots=True)  # not frozen: built on every request, and a frozen __init__ costs several times as much
@@ -254,10 +257,12 @@ class Dispatcher:
                    call: Callable[[Scored, Provider], Awaitable[T]]) -> T:
         name = scored.candidate.info.name
         self._stats.started(name, model)
+        attempts.last = scored, number
         try:
             result = await call(scored, self._providers[name])
         except ProviderError as exc:
             attempts.errors.append(exc.message)
+            attempts.failed.append((scored, number, exc.kind if exc.retryable else "rejected"))
             self._metrics.attempt(name, exc.kind if exc.retryable else "rejected")
             if exc.retryable:
                 await self._stats.failure(name, model, probe=probe)

@@ -25,6 +25,7 @@ class GatewayError(Exception):
     type: str = "server_error"
     code: str | None = None
     should_retry: bool = True
+    recorded: bool = False  # its request has a ledger event (it reached a backend) and was counted
 
     def __init__(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -14,8 +15,8 @@ from router.admission import DEFAULT_MAX_OUTPUT, Admission, LocalAdmission, Tick
 from router.api.body import optional_int, parse_object, require
 from router.backend_stats import StatsBook
 from router.dispatch import Attempts, Dispatcher, Job, Opened, dump_object, upstream_request
-from router.errors import InvalidRequest, ModelNotFound
-from router.ledger.base import Ledger
+from router.errors import GatewayError, InvalidRequest, ModelNotFound
+from router.ledger.base import Ledger, Outcome
 from router.metering import RequestContext, build_record, observe, reported
 from router.metrics import Metrics
 from router.overrides import parse as parse_overrides
@@ -68,23 +69,28 @@ class Gateway:
         that is the server's to end the stream with."""
         received = time.time()
         started = time.perf_counter()
-        tenant = await self.tenancy.authenticate(authorization)
-        parsed = _check(endpoint, body)
-        override = parse_overrides(parsed.payload)
-        await self.stats.refresh(parsed.model)  # ejections made by other replicas, at most a few ms old
-        plan = self.planner.plan(_allowed(tenant, parsed.model), tenant, parsed.shape, override)
-        _allowed(tenant, plan.model)
-        if override is not None or plan.model != parsed.model:
-            parsed = _retarget(parsed, plan.model)
-        ctx = RequestContext(request_id, tenant.name, parsed.model, endpoint,
-                             parsed.stream, received, started, tenant.key_id, plan)
-        parsed, ticket = await self._admit(ctx, tenant, parsed, plan.order)
         try:
-            if parsed.stream:
-                return await self._stream(ctx, parsed, plan.order, ticket, early)  # the relay settles from here on
-            return await self._complete(ctx, parsed, plan.order, ticket)
-        except BaseException:
-            await self.admission.settle(ticket, None)  # nothing billed (a no-op if settled already)
+            tenant = await self.tenancy.authenticate(authorization)
+            parsed = _check(endpoint, body)
+            override = parse_overrides(parsed.payload)
+            await self.stats.refresh(parsed.model)  # ejections made by other replicas, at most a few ms old
+            plan = self.planner.plan(_allowed(tenant, parsed.model), tenant, parsed.shape, override)
+            _allowed(tenant, plan.model)
+            if override is not None or plan.model != parsed.model:
+                parsed = _retarget(parsed, plan.model)
+            ctx = RequestContext(request_id, tenant.name, parsed.model, endpoint,
+                                 parsed.stream, received, started, tenant.key_id, plan)
+            parsed, ticket = await self._admit(ctx, tenant, parsed, plan.order)
+            try:
+                if parsed.stream:
+                    return await self._stream(ctx, parsed, plan.order, ticket, early)  # the relay settles from here on
+                return await self._complete(ctx, parsed, plan.order, ticket)
+            except BaseException:
+                await self.admission.settle(ticket, None)  # nothing billed (a no-op if settled already)
+                raise
+        except GatewayError as err:
+            if not err.recorded:
+                self.metrics.refused(endpoint, _outcome_of(err))
             raise
 
     async def _admit(self, ctx: RequestContext, tenant: Caller, parsed: _Parsed,
@@ -106,7 +112,15 @@ class Gateway:
             req = upstream_request(ctx.endpoint, parsed.payload, parsed.body, scored, parsed.model, False)
             return await provider.complete(req)
 
-        scored, resp = await self.dispatcher.run(self._job(ctx, parsed), order, attempts, call)
+        try:
+            scored, resp = await self.dispatcher.run(self._job(ctx, parsed), order, attempts, call)
+        except GatewayError as err:
+            self._unanswered(ctx, parsed, attempts, err)
+            raise
+        except asyncio.CancelledError:
+            self._unanswered(ctx, parsed, attempts, None)  # the client left
+            raise
+        self._failed_attempts(ctx, parsed, attempts)
         self._hedge_overhead(ctx, parsed, attempts)
         tokens_in, tokens_out, source = self._usage_of(parsed.payload, resp.data)
         record = build_record(ctx, scored, tokens_in, tokens_out, "ok", source, attempts.count, None,
@@ -160,11 +174,16 @@ class Gateway:
 
         try:
             opened = await self.dispatcher.open_stream(self._job(ctx, parsed), order, attempts, make, prepare, commit)
-        except BaseException:
+        except BaseException as exc:
             if relay is not None and relay.begun:  # failed after its answer began (a deadline, a shutdown)
                 await relay.abandon("cancelled")
+            elif isinstance(exc, GatewayError):
+                self._unanswered(ctx, parsed, attempts, exc)
+            elif isinstance(exc, asyncio.CancelledError):
+                self._unanswered(ctx, parsed, attempts, None)  # the client left before the first event
             raise
         assert relay is not None
+        self._failed_attempts(ctx, parsed, attempts)
         self._hedge_overhead(ctx, parsed, attempts)
         self.planner.observe_power(opened.scored.candidate.info.name, opened.stream.headers, still_counted=True)
         return EventStreamResponse(relay.events(first_written=early is not None), headers, relay.abandon)
@@ -181,6 +200,35 @@ class Gateway:
     def _job(self, ctx: RequestContext, parsed: _Parsed) -> Job:
         return Job(ctx.model, parsed.stream, parsed.shape.max_output_tokens,
                    self.dispatcher.hedger.applies(ctx.tenant))
+
+    def _unanswered(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts, err: GatewayError | None) -> None:
+        """A request that reached a backend and got no answer still has its one event: its last
+        attempt's, unbilled. ``err`` None: the client left while it was in flight."""
+        if attempts.last is None or isinstance(err, InvalidRequest):
+            return  # no backend reached: the request was refused before it was sent
+        scored, number = attempts.last
+        how = next((k for _, n, k in attempts.failed if n == number), "cancelled")
+        outcome: Outcome = ("client_disconnected" if err is None else "client_error" if err.status < 500
+                            else "upstream_error")
+        prompt = self.tokens.count_prompt(parsed.payload) if how in _CONSUMED else 0
+        record = build_record(ctx, scored, prompt, 0, outcome, "counted", attempts.count, None, attempt=number,
+                              billed=False)
+        self.ledger.submit(record)
+        observe(self.metrics, record)
+        self._failed_attempts(ctx, parsed, attempts, skip=number)
+        if err is not None:
+            err.recorded = True
+
+    def _failed_attempts(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts, skip: int = 0) -> None:
+        """Failed attempts that consumed the backend's work (it timed out on the request, or
+        answered something that was not an answer) are kept as unbilled ``retry`` events."""
+        prompt: int | None = None
+        for scored, number, how in attempts.failed:
+            if number != skip and how in _CONSUMED:
+                if prompt is None:
+                    prompt = self.tokens.count_prompt(parsed.payload)
+                self.ledger.submit(build_record(ctx, scored, prompt, 0, "upstream_error", "counted", attempts.count,
+                                                None, attempt=number, kind="retry", billed=False))
 
     def _hedge_overhead(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts) -> None:
         """A hedged attempt that lost still read the prompt: recorded as overhead, not billed."""
@@ -209,6 +257,14 @@ class Gateway:
     async def close(self) -> None:
         for provider in self.providers.values():
             await provider.close()
+
+
+# How an attempt that failed had used the backend: it was working on the request.
+_CONSUMED = frozenset({"timeout", "protocol", "cancelled"})
+
+
+def _outcome_of(err: GatewayError) -> Outcome:
+    return "client_error" if err.status < 500 else "upstream_error"
 
 
 def _check(endpoint: Endpoint, body: bytes) -> _Parsed:

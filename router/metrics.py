@@ -52,6 +52,11 @@ class Metrics:
             child = self._attempt_children[backend, outcome] = self.attempts.labels(backend, outcome)
         child.inc()
 
+    def refused(self, endpoint: str, outcome: str) -> None:
+        """Count a request answered without reaching any backend (a bad request or key, a limit,
+        no backend left): backend and model "", so that client input never makes a label."""
+        self.requests.labels(endpoint, "", "", outcome).inc()
+
     def observe_usage(self, rec: UsageRecord) -> None:
         """Count one finished request. The labelled children are cached per label set, since
         looking them up costs more than the counting itself."""
@@ -76,5 +81,6 @@ class Metrics:
             ttft.observe(rec.ttft_ms / 1000.0)
         tokens_in.inc(rec.input_tokens)
         tokens_out.inc(rec.output_tokens)
-        cost.inc(rec.cost_usd)
+        if rec.billed:
+            cost.inc(rec.cost_usd)
         energy.inc(rec.energy_wh)

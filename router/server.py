@@ -440,9 +440,30 @@ class Server:
     async def _inference(self, conn: _Connection, request: _Request, endpoint: str, request_id: str,
                          rid: bytes) -> None:
         send = _StreamSend(conn, request, rid)
+        task = asyncio.current_task()
+        assert task is not None
+        waiting = True
+
+        def client_left(_: asyncio.Future[None]) -> None:
+            # A client that leaves before its answer cancels it, and with it the upstream call
+            # (the gateway records what the backend had been given). A callback, not a watcher
+            # task: every request would pay for starting one.
+            if waiting:
+                task.cancel()
+
+        conn.gone.add_done_callback(client_left)
         try:
-            response = await self.gateway.handle(endpoint, request.header(b"authorization"),  # type: ignore[arg-type]
-                                                 request.body, request_id, send.early)
+            try:
+                response = await self.gateway.handle(endpoint, request.header(b"authorization"),  # type: ignore[arg-type]
+                                                     request.body, request_id, send.early)
+            finally:
+                waiting = False  # from here on the relay watches for the client leaving
+                conn.gone.remove_done_callback(client_left)
+        except asyncio.CancelledError:
+            if not conn.lost:
+                raise  # not the client's leaving: the server stopping
+            task.uncancel()
+            return
         except GatewayError as err:
             if send.started:  # after the stream's first event: it ends with one error event
                 await _end_stream(send, err.body())

@@ -179,7 +179,9 @@ def test_a_first_event_that_is_not_json_falls_back_unseen(lying_backend, start_s
     assert text and "spliced" not in text, "nothing of the lying backend reaches the client"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
     rows = gw.usage("acme")["recent"]
-    assert [(r["backend"], r["attempts"], r["outcome"]) for r in rows] == [("good", 2, "ok")]
+    # The liar's attempt read the prompt and answered garbage: kept as unbilled consumption.
+    assert sorted((r["backend"], r["attempt"], r["kind"], r["billed"], r["outcome"]) for r in rows) == [
+        ("good", 2, "request", True, "ok"), ("liar", 1, "retry", False, "upstream_error")]
     deadline = time.monotonic() + 5  # the relay lets go of its backend just after the last event
     while time.monotonic() < deadline:
         stats = {x["name"]: x["stats"] for x in

@@ -41,8 +41,12 @@ class Scripted:
         self.steps: list[Step] = []
         self.requests = 0
         self.port = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
@@ -54,10 +58,17 @@ class Scripted:
                     await writer.drain()
                 else:
                     await asyncio.sleep(step)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
+            self._tasks.discard(task)
+
+    async def stop(self, server: asyncio.Server) -> None:
+        server.close()
+        for task in list(self._tasks):  # answers still pausing
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def start(self) -> asyncio.Server:
         server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -70,18 +81,20 @@ def scripted(loop_thread) -> Iterator[Scripted]:
     upstream = Scripted()
     server = loop_thread.run(upstream.start())
     yield upstream
-    server.close()
+    loop_thread.run(upstream.stop(server))
 
 
 def _gateway(scripted: Scripted, start_sim_backend, start_gateway, **timeouts: float):
     """The scripted upstream (cheapest, so tried first) and a good simulated one."""
     good = start_sim_backend("good")
     limits = {"connect": 2.0, "first_token": 5.0, "idle": 5.0, "total": 30.0, **timeouts}
-    return start_gateway([
+    gw = start_gateway([
         {"name": "scripted", "class": "datacenter", "type": "openai", "base_url": f"http://127.0.0.1:{scripted.port}/v1",
          "models": ["m1"], "price": {"input": 0, "output": 0}, "timeouts": limits},
         backend_entry(good, price={"input": 9, "output": 9}),
     ], routing={"exploration": 0.0, "eject_after_failures": 100})
+    gw.sims = {"good": good}
+    return gw
 
 
 def _stream(gw, **extra: Any) -> tuple[httpx.Response, list[dict[str, Any]], float]:
@@ -297,3 +310,87 @@ def test_a_body_too_deep_to_forward_changed_is_refused(scripted, start_sim_backe
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "nested_too_deeply", resp.text
     validate(resp.json(), "ErrorResponse")
     assert scripted.requests == 0 and gw.usage("acme")["recent"] == []
+
+
+# -- one event per request that reached a backend -------------------------------------------------
+
+
+def _requests_total(gw, outcome: str, backend: str) -> float:
+    text = httpx.get(gw.url + "/metrics", headers=gw.admin(), timeout=10).text
+    pattern = rf'^fedrouter_requests_total{{backend="{backend}",model="[^"]*",outcome="{outcome}",[^}}]*}} (\S+)$'
+    return sum(float(m) for m in re.findall(pattern, text, re.MULTILINE))
+
+
+def test_a_request_no_backend_answered_has_one_unbilled_event(scripted, start_sim_backend, start_gateway) -> None:
+    scripted.steps = [json_answer(b'{"error":"busy"}', status=b"503 Service Unavailable")]
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30, json={
+        "model": "m1", "messages": MSG, "max_tokens": 4, "provider": {"only": ["scripted"]}})
+    assert resp.status_code == 503
+    events = gw.usage("acme")["recent"]
+    assert [(e["backend"], e["kind"], e["billed"], e["outcome"], e["request_id"]) for e in events] == [
+        ("scripted", "request", False, "upstream_error", resp.headers["x-request-id"])]
+    assert _requests_total(gw, "upstream_error", "scripted") == 1
+
+
+def test_a_relayed_refusal_has_one_unbilled_event(scripted, start_sim_backend, start_gateway) -> None:
+    scripted.steps = [json_answer({"error": {"message": "bad max_tokens", "type": "invalid_request_error",
+                                             "param": None, "code": None}}, status=b"400 Bad Request")]
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30,
+                      json={"model": "m1", "messages": MSG, "max_tokens": 4})
+    assert resp.status_code == 400
+    [event] = gw.usage("acme")["recent"]
+    assert (event["backend"], event["billed"], event["outcome"], event["input_tokens"]) == (
+        "scripted", False, "client_error", 0)
+    assert _requests_total(gw, "client_error", "scripted") == 1
+
+
+def test_requests_refused_before_any_backend_are_counted_not_recorded(scripted, start_sim_backend,
+                                                                      start_gateway) -> None:
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    assert httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": "Bearer nope"},
+                      json={"model": "m1", "messages": MSG}).status_code == 401
+    assert httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(),
+                      json={"model": "no-such-model-7", "messages": MSG}).status_code == 404
+    assert gw.usage("acme")["recent"] == [] and scripted.requests == 0
+    assert _requests_total(gw, "client_error", "") == 2
+    assert "no-such-model-7" not in httpx.get(gw.url + "/metrics", headers=gw.admin()).text  # no client labels
+
+
+def test_a_timed_out_attempt_is_kept_as_unbilled_consumption(scripted, start_sim_backend, start_gateway) -> None:
+    scripted.steps = [SSE_HEAD, 3.0]  # the head, then nothing: first_token runs out
+    gw = _gateway(scripted, start_sim_backend, start_gateway, first_token=0.5)
+    resp, events, _ = _stream(gw)
+    assert resp.headers["x-fedrouter-backend"] == "good" and _text(events)
+    rows = sorted((e["backend"], e["attempt"], e["kind"], e["billed"], e["input_tokens"] > 0)
+                  for e in gw.usage("acme")["recent"])
+    assert rows == [("good", 2, "request", True, True), ("scripted", 1, "retry", False, True)]
+
+
+def test_a_client_leaving_before_the_first_byte_cancels_and_nothing_more_is_tried(
+        scripted, start_sim_backend, start_gateway, loop_thread) -> None:
+    scripted.steps = [SSE_HEAD, 10.0]  # silent until first_token (5 s) would run out
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    body = orjson.dumps({"model": "m1", "messages": MSG, "max_tokens": 4, "stream": True})
+
+    async def leave_early() -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s"
+                     % (gw.keys["acme"].encode(), len(body), body))
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.close()
+
+    started = time.monotonic()
+    loop_thread.run(leave_early())
+    deadline = time.monotonic() + 5
+    while not (events := gw.usage("acme")["recent"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert time.monotonic() - started < 3.0, "the request went on after the client left"
+    assert [(e["backend"], e["billed"], e["outcome"]) for e in events] == [
+        ("scripted", False, "client_disconnected")]
+    assert scripted.requests == 1
+    time.sleep(0.3)
+    assert len(gw.usage("acme")["recent"]) == 1 and gw.sims["good"].stats()["requests"] == 0  # no fallback
