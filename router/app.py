@@ -55,7 +55,7 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return _error_response(RouteNotFound(f"Unknown request URL: {request.method} {request.url.path}."))
-    err = GatewayError(str(exc.detail), status=exc.status_code)
+    err = GatewayError(str(exc.detail), status=exc.status_code, headers=dict(exc.headers or {}))  # 405's Allow
     err.type, err.should_retry = "invalid_request_error", False
     return _error_response(err)
 
@@ -141,7 +141,9 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
             await ledger.close()
             keys.close()
 
-    app = GatewayApp(title="fedrouter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # No redirect for a trailing slash: Starlette's would send the client to its own Host header.
+    app = GatewayApp(title="fedrouter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                     redirect_slashes=False)
     app.state.gateway = gateway
     app.state.keys = keys
     app.state.settings = settings

@@ -41,6 +41,11 @@ log = logging.getLogger("fedrouter")
 
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _MAX_HEAD = 64 * 1024  # request line and headers; the body has its own, configured, limit
+# After a refusal, what the client still sends is read and dropped this long (and up to this
+# much) before the connection closes: closing on unread bytes sends a reset, which can destroy
+# the refusal before the client has read it.
+_LINGER_S = 2.0
+_LINGER_BYTES = 16 * 1024 * 1024
 _SERVER_ERROR = error_body("The server had an error while processing your request.", "server_error")
 
 
@@ -48,18 +53,21 @@ class _HeadTooLarge(Exception):
     pass
 
 
+class _BodyTooLarge(Exception):
+    """A Content-Length over the limit: refused at once, rather than after the whole body."""
+
+
 class _Request:
-    __slots__ = ("body", "headers", "http11", "keep_alive", "method", "too_large", "url")
+    __slots__ = ("body", "headers", "http11", "keep_alive", "method", "url")
 
     def __init__(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-                 keep_alive: bool, too_large: bool, http11: bool = True) -> None:
+                 keep_alive: bool, http11: bool = True) -> None:
         self.http11 = http11
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
-        self.too_large = too_large
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.headers:
@@ -80,7 +88,6 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.size = 0
-        self.too_large = False
         self.pending: deque[_Request] = deque()
         self.task: asyncio.Task[None] | None = None
         self.lost = False
@@ -89,7 +96,8 @@ class _Connection(asyncio.Protocol):
         self.reading = True
         self.active = server.now  # when the client last sent something, to the second
         self.head_size = 0
-        self.refusal: InvalidRequest | None = None  # owed once the answers before it are written
+        self.refusal: GatewayError | None = None  # owed once the answers before it are written
+        self.lingering = 0  # bytes still to drop after a refusal, before closing
 
     # asyncio.Protocol
 
@@ -99,18 +107,25 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.active = self.server.now
+        if self.lingering:
+            self.lingering -= len(data)
+            if self.lingering <= 0 and self.transport is not None:
+                self.transport.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "Protocol upgrades are not supported.")
+            self._refuse(_refusal(400, "Protocol upgrades are not supported."))
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _HeadTooLarge):
-                self._refuse(431, str(cause))
+                self._refuse(_refusal(431, str(cause)))
+            elif isinstance(cause, _BodyTooLarge):
+                self._refuse(BodyTooLarge(str(cause)))
             else:
-                self._refuse(400, f"Malformed HTTP request: {exc}.")
+                self._refuse(_refusal(400, f"Malformed HTTP request: {exc}."))
         except httptools.HttpParserError as exc:
-            self._refuse(400, f"Malformed HTTP request: {exc}.")
+            self._refuse(_refusal(400, f"Malformed HTTP request: {exc}."))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -136,7 +151,6 @@ class _Connection(asyncio.Protocol):
         self.body = []
         self.size = 0
         self.head_size = 0
-        self.too_large = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -155,28 +169,27 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         for name, value in self.headers:
             if name == b"content-length" and value.isdigit() and int(value) > self.server.max_body:
-                self.too_large = True  # the body is still read (and dropped) so the answer arrives
-            elif name == b"expect" and value.lower() == b"100-continue" and self.transport is not None:
+                # Nothing of it is read: the 413 goes out at once (after the answers owed to
+                # earlier requests), and the connection closes. No 100 Continue invites it.
+                raise _BodyTooLarge(f"Request body exceeds the limit of {self.server.max_body} bytes.")
+        for name, value in self.headers:
+            if name == b"expect" and value.lower() == b"100-continue" and self.transport is not None:
                 # curl, among others, waits a second for this before sending a body over 1 KB.
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        if self.too_large:
-            return
         self.size += len(body)
-        if self.size > self.server.max_body:
-            self.too_large = True
+        if self.size > self.server.max_body:  # a chunked body, whose size shows only as it comes
             self.body = []
-        else:
-            self.body.append(body)
+            raise _BodyTooLarge(f"Request body exceeds the limit of {self.server.max_body} bytes.")
+        self.body.append(body)
 
     def on_message_complete(self) -> None:
         if self.parser.should_upgrade():
             return  # refused, not served: the parser stops here and data_received refuses it
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        keep_alive = self.parser.should_keep_alive() and not self.too_large  # a 413 closes: see dispatch
         self.pending.append(_Request(self.parser.get_method(), self.url, self.headers, body,
-                                     keep_alive, self.too_large, self.parser.get_http_version() != "1.0"))
+                                     self.parser.should_keep_alive(), self.parser.get_http_version() != "1.0"))
         self.body = []
         if self.task is None:
             self._next()
@@ -210,11 +223,10 @@ class _Connection(asyncio.Protocol):
             self.reading = True
             self.transport.resume_reading()
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Refuse what cannot be parsed, after the answers owed to the requests before it (which
-        may be mid-stream), then close."""
-        self.refusal = InvalidRequest(message)
-        self.refusal.status = status
+    def _refuse(self, err: GatewayError) -> None:
+        """Refuse what cannot be parsed or is too large, after the answers owed to the requests
+        before it (which may be mid-stream), then close."""
+        self.refusal = err
         if self.reading and self.transport is not None:
             self.reading = False  # nothing after a parse error can be read
             self.transport.pause_reading()
@@ -224,9 +236,21 @@ class _Connection(asyncio.Protocol):
     def _send_refusal(self) -> None:
         err = self.refusal
         assert err is not None
-        self.write_answer(err.status, [(b"content-type", b"application/json")], err.body(), keep_alive=False)
-        if self.transport is not None:
-            self.transport.close()
+        headers = [(b"content-type", b"application/json"),
+                   *((k.encode(), v.encode()) for k, v in err.response_headers().items())]
+        self.write_answer(err.status, headers, err.body(), keep_alive=False,
+                          request_id=self.server.new_request_id().encode())
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # the answer is all there is; then drain what is still coming
+        self.lingering = _LINGER_BYTES
+        self.reading = True
+        transport.resume_reading()
+        self.loop.call_later(_LINGER_S, transport.close)
 
     def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
                      keep_alive: bool, request_id: bytes | None = None) -> None:
@@ -412,18 +436,17 @@ class Server:
 
     # one request
 
+    def new_request_id(self) -> str:
+        return f"{self._prefix}{next(self._seq):08x}"
+
     async def dispatch(self, conn: _Connection, request: _Request) -> None:
         path, _, query = request.url.partition(b"?")
         endpoint = INFERENCE_ROUTES.get(path.decode("latin-1")) if request.method == b"POST" else None
         if endpoint is None:
             await self._asgi(conn, request, path, query)
             return
-        request_id = f"{self._prefix}{next(self._seq):08x}"
+        request_id = self.new_request_id()
         rid = request_id.encode()
-        if request.too_large:
-            err = BodyTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")
-            conn.write_answer(err.status, error_response(err).raw_headers, err.body(), keep_alive=False, request_id=rid)
-            return
         shedder = self.shedder
         if shedder is not None and shedder.inflight >= shedder.limit:
             status, headers, body = shedder.refusal()
@@ -496,10 +519,6 @@ class Server:
         await response({"type": "http"}, _Receive(conn, b""), send)
 
     async def _asgi(self, conn: _Connection, request: _Request, path: bytes, query: bytes) -> None:
-        if request.too_large:
-            err = BodyTooLarge(f"Request body exceeds the limit of {self.max_body} bytes.")
-            conn.write_answer(err.status, error_response(err).raw_headers, err.body(), keep_alive=False)
-            return
         transport = conn.transport
         assert transport is not None
         scope = {
@@ -539,6 +558,12 @@ class _Receive:
             return {"type": "http.request", "body": body, "more_body": False}
         await self.conn.gone
         return {"type": "http.disconnect"}
+
+
+def _refusal(status: int, message: str) -> InvalidRequest:
+    err = InvalidRequest(message)
+    err.status = status
+    return err
 
 
 def _addr(value: Any) -> tuple[str, int] | None:

@@ -202,8 +202,13 @@ def test_unknown_route_and_method(gw):
     resp = httpx.get(gw.url + "/v1/nothing-here", headers=gw.auth())
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url"
     resp = httpx.get(gw.url + "/v1/chat/completions", headers=gw.auth())
-    assert resp.status_code == 405
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"
     validate(resp.json(), "ErrorResponse")
+    # A trailing slash is another URL, not a redirect to wherever the Host header points.
+    resp = httpx.post(gw.url + "/v1/chat/completions/", headers={**gw.auth(), "host": "evil.example"},
+                      json={"model": "m1", "messages": [{"role": "user", "content": "x"}]})
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url"
+    assert "location" not in resp.headers and resp.headers["x-request-id"]
 
 
 def test_admin_routes_need_admin_key(gw):

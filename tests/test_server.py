@@ -301,6 +301,30 @@ def test_content_length_over_the_limit_is_413_and_closes(small: Gateway) -> None
     assert usage["totals"]["requests"] == 0 and usage["recent"] == []
 
 
+@pytest.mark.parametrize("expect", [False, True])
+def test_a_content_length_over_the_limit_is_refused_before_its_body(small: Gateway, expect: bool) -> None:
+    """The size is in the head: the 413 comes at once, with no 100 Continue inviting the body."""
+    headers = {**small.auth(), **({"expect": "100-continue"} if expect else {})}
+    head = request("POST", "/v1/chat/completions", b"", headers)
+    head = head.replace(b"content-length: 0", b"content-length: 99999999999")
+    with Wire(small.port) as wire:
+        started = time.monotonic()
+        wire.send(head)  # and never a byte of the body
+        answer = wire.answer()
+        assert time.monotonic() - started < 2.0
+        assert "limit of 1000 bytes" in assert_openai_error(answer, 413)["message"]
+        assert answer.headers["x-request-id"].startswith("req_") and answer.headers["x-should-retry"] == "false"
+        assert wire.closed_by_server()
+
+
+def test_an_unparseable_request_is_answered_with_a_request_id(gw: Gateway) -> None:
+    with Wire(gw.port) as wire:
+        wire.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n{}")
+        answer = wire.answer()
+        assert_openai_error(answer, 400)
+        assert answer.headers["x-request-id"].startswith("req_") and answer.headers["connection"] == "close"
+
+
 def test_chunked_body_over_the_limit_is_413_and_closes(small: Gateway) -> None:
     head = request("POST", "/v1/chat/completions", headers={**small.auth(), "transfer-encoding": "chunked"})
     head = head.replace(b"content-length: 0\r\n", b"")
