@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 from starlette.responses import Response
 
 from policies.base import RequestShape, Scored
@@ -16,7 +17,7 @@ from router.api.body import optional_int, parse_object, require
 from router.backend_stats import StatsBook
 from router.dispatch import Attempts, Dispatcher, Job, Opened, dump_object, upstream_request
 from router.errors import GatewayError, InvalidRequest, ModelNotFound
-from router.ledger.base import Ledger, Outcome
+from router.ledger.base import Ledger, Outcome, UsageRecord
 from router.metering import RequestContext, build_record, observe, reported
 from router.metrics import Metrics
 from router.overrides import parse as parse_overrides
@@ -134,7 +135,8 @@ class Gateway:
             self.planner.observe_power(name, resp.headers, still_counted=False)
             observe(self.metrics, record)
             headers = {**self._headers(scored, attempts), **ticket.headers}
-            answer = Response(resp.body, media_type=_JSON, headers=headers)
+            body = resp.body if source == "upstream" else _with_usage(resp.data, record, resp.body)
+            answer = Response(body, media_type=_JSON, headers=headers)
         finally:
             await committed  # durable before the client sees the answer
         return answer
@@ -261,6 +263,20 @@ class Gateway:
 
 # How an attempt that failed had used the backend: it was working on the request.
 _CONSUMED = frozenset({"timeout", "protocol", "cancelled"})
+
+
+def _with_usage(data: dict[str, Any], record: UsageRecord, body: bytes) -> bytes:
+    """An answer whose backend gave no believable usage, with the counts it was billed at: OpenAI's
+    answers always carry them, and clients read them. The body as it came if it cannot be
+    written again (nested past orjson's limit)."""
+    usage: dict[str, int] = {"prompt_tokens": record.input_tokens}
+    if record.endpoint != "embeddings":
+        usage["completion_tokens"] = record.output_tokens
+    usage["total_tokens"] = record.input_tokens + record.output_tokens
+    try:
+        return orjson.dumps({**data, "usage": usage})
+    except orjson.JSONEncodeError:
+        return body
 
 
 def _outcome_of(err: GatewayError) -> Outcome:

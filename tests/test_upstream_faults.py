@@ -221,8 +221,8 @@ def test_a_request_a_backend_refuses_is_relayed_not_retried(scripted, start_sim_
 
 
 ANSWER = {"id": "x", "object": "chat.completion", "created": 1, "model": "m1",
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
-                       "finish_reason": "stop"}]}
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": None},
+                       "logprobs": None, "finish_reason": "stop"}]}
 
 
 @pytest.mark.parametrize("usage", [{"prompt_tokens": -1000000, "completion_tokens": -5},
@@ -241,9 +241,32 @@ def test_unbelievable_usage_is_counted_instead(scripted, start_sim_backend, star
 def test_a_partial_usage_counts_what_is_missing(scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [json_answer({**ANSWER, "usage": {"prompt_tokens": 7, "completion_tokens": "3"}})]
     gw = _gateway(scripted, start_sim_backend, start_gateway)
-    gw.client().chat.completions.create(model="m1", messages=MSG, max_tokens=4)
+    answer = gw.client().chat.completions.create(model="m1", messages=MSG, max_tokens=4)
     [row] = gw.usage("acme")["recent"]
     assert (row["input_tokens"], row["output_tokens"], row["tokens_source"]) == (7, 2, "counted")
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (7, 2, 9)
+
+
+@pytest.mark.parametrize("endpoint", ["chat/completions", "embeddings"])
+def test_an_answer_without_usage_gets_the_counts_it_was_billed_at(scripted, start_sim_backend, start_gateway,
+                                                                  endpoint: str) -> None:
+    """OpenAI's answers always carry usage, and clients read it: the gateway's counts fill in."""
+    if endpoint == "embeddings":
+        answer = {"object": "list", "model": "m1", "data": [{"object": "embedding", "index": 0,
+                                                            "embedding": [0.1, 0.2]}]}
+        request = {"model": "m1", "input": "hello there", "encoding_format": "float"}
+    else:
+        answer, request = ANSWER, {"model": "m1", "messages": MSG, "max_tokens": 4}
+    scripted.steps = [json_answer(answer)]
+    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    resp = httpx.post(f"{gw.url}/v1/{endpoint}", headers=gw.auth(), json=request, timeout=30)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    validate(body, "CreateEmbeddingResponse" if endpoint == "embeddings" else "CreateChatCompletionResponse")
+    [row] = gw.usage("acme")["recent"]
+    assert body["usage"]["prompt_tokens"] == row["input_tokens"] > 0
+    assert body["usage"]["total_tokens"] == row["input_tokens"] + row["output_tokens"]
+    assert {k: v for k, v in body.items() if k != "usage"} == answer  # the rest as the backend sent it
 
 
 @pytest.mark.parametrize("usage", [{"prompt_tokens": -1000000, "completion_tokens": -5},
