@@ -37,6 +37,7 @@ _HORIZON_S = 60.0  # samples older than this say little about the backend now
 _PROBE_LEASE_S = 30.0  # a probe holder that dies frees the probe after this
 _MAX_GROWTH = 10  # the n-th ejection in a row lasts n x base, at most this many x base
 _NO_STATS = Stats()  # frozen: shared by every key never measured
+_CLOSE_S = 2.0  # the longest shutdown waits for the background sync to stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +112,8 @@ class StatsBook:
     async def close(self) -> None:
         if self._sync_task is not None:
             self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+            # Bounded: shutting down must never wait on a sync stuck in the store's client.
+            await asyncio.wait({self._sync_task}, timeout=_CLOSE_S)
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await task
@@ -369,6 +370,11 @@ class StatsBook:
             try:
                 await self._sync_once()
             except StoreUnavailable as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py can turn the cancellation of a command in flight into a connection
+                    # error: swallowed here, it kept a worker from ever shutting down.
+                    raise asyncio.CancelledError from exc
                 log.warning("state sync failed: %s", exc)
 
     async def _push(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import http
 import itertools
 import logging
@@ -400,6 +401,8 @@ class Server:
                 self.loop.add_signal_handler(sig, stopping.set)
         self._tick()
         async with self.app.router.lifespan_context(self.app):
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.listen(2048)  # a worker's own socket: connections come once it is ready
             listener = await self.loop.create_server(lambda: _Connection(self), sock=sock, backlog=2048)
             self.started = True
             if on_ready is not None:
@@ -634,9 +637,24 @@ def run_workers(workers: int, sock: socket.socket, build: Callable[[], GatewayAp
 
 
 def _worker(sock: socket.socket, build: Callable[[], GatewayApp]) -> None:
-    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):  # it holds the port: listen beside it
+    _end_with_parent()
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):  # it holds the port: take a socket beside it
         host, port = sock.getsockname()[:2]
-        own = bind(host, port, reuse_port=True)
+        # Not listening yet: the kernel would queue connections for a worker still starting
+        # (or one whose start fails). Server.serve listens once the app is ready.
+        own = bind(host, port, reuse_port=True, listen=False)
         sock.close()
         sock = own
     run(build(), sock)
+
+
+def _end_with_parent() -> None:
+    """On Linux, SIGTERM this worker when the process that started it dies, even by SIGKILL: an
+    orphaned worker would go on serving the port alone."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before that took hold
+        os.kill(os.getpid(), signal.SIGTERM)

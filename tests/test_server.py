@@ -612,6 +612,34 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(worker_config: tuple[Pat
     assert "requests:      40" in _run("usage", "--tenant", "acme", "--ledger", ledger).stdout
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended; only its parent (now init) has not read its status
+
+
+@pytest.mark.timeout(60)
+def test_workers_end_when_their_parent_is_killed(worker_config: tuple[Path, str, str]) -> None:
+    """SIGKILL leaves the parent no chance to pass anything on: each worker still stops (on
+    Linux, by the parent-death signal) rather than serving the port on its own for ever."""
+    cfg, ledger, _ = worker_config
+    port = _free_port()
+    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
+        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+        children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2
+        proc.kill()
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), "a worker outlived its parent"
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing serves the port any more
+
+
 def test_the_app_also_serves_under_uvicorn(start_sim_backend: Callable[..., Sim]) -> None:
     """The FastAPI app stays a plain ASGI app (its fast path included) for those who run it under
     another server: the same answers, streams and errors as under fedrouter's own server."""
