@@ -178,7 +178,9 @@ class Gateway:
             opened = await self.dispatcher.open_stream(self._job(ctx, parsed), order, attempts, make, prepare, commit)
         except BaseException as exc:
             if relay is not None and relay.begun:  # failed after its answer began (a deadline, a shutdown)
-                await relay.abandon("cancelled")
+                await relay.abandon("cancelled")  # recorded, and counted, there
+                if isinstance(exc, GatewayError):
+                    exc.recorded = True
             elif isinstance(exc, GatewayError):
                 self._unanswered(ctx, parsed, attempts, exc)
             elif isinstance(exc, asyncio.CancelledError):
@@ -210,8 +212,7 @@ class Gateway:
             return  # no backend reached: the request was refused before it was sent
         scored, number = attempts.last
         how = next((k for _, n, k in attempts.failed if n == number), "cancelled")
-        outcome: Outcome = ("client_disconnected" if err is None else "client_error" if err.status < 500
-                            else "upstream_error")
+        outcome: Outcome = "client_disconnected" if err is None else _outcome_of(err)
         prompt = self.tokens.count_prompt(parsed.payload) if how in _CONSUMED else 0
         record = build_record(ctx, scored, prompt, 0, outcome, "counted", attempts.count, None, attempt=number,
                               billed=False)
