@@ -99,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self.head_size = 0
         self.refusal: GatewayError | None = None  # owed once the answers before it are written
         self.lingering = 0  # bytes still to drop after a refusal, before closing
+        self.answering: asyncio.Task[None] | None = None  # the request being answered, until its answer begins
 
     # asyncio.Protocol
 
@@ -130,6 +131,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.answering is not None:
+            self.answering.cancel()  # the client left before its answer: see Server._inference
         self.server.connections.discard(self)
         if not self.gone.done():
             self.gone.set_result(None)
@@ -466,27 +469,17 @@ class Server:
     async def _inference(self, conn: _Connection, request: _Request, endpoint: str, request_id: str,
                          rid: bytes) -> None:
         send = _StreamSend(conn, request, rid)
-        task = asyncio.current_task()
-        assert task is not None
-        waiting = True
-
-        def client_left(_: asyncio.Future[None]) -> None:
-            # A client that leaves before its answer cancels it, and with it the upstream call
-            # (the gateway records what the backend had been given). A callback, not a watcher
-            # task: every request would pay for starting one.
-            if waiting:
-                task.cancel()
-
-        conn.gone.add_done_callback(client_left)
+        # A client that leaves before its answer cancels it (connection_lost), and with it the
+        # upstream call; the gateway records what the backend had been given.
+        conn.answering = task = asyncio.current_task()
         try:
             try:
                 response = await self.gateway.handle(endpoint, request.header(b"authorization"),  # type: ignore[arg-type]
                                                      request.body, request_id, send.early)
             finally:
-                waiting = False  # from here on the relay watches for the client leaving
-                conn.gone.remove_done_callback(client_left)
+                conn.answering = None  # from here on the relay watches for the client leaving
         except asyncio.CancelledError:
-            if not conn.lost:
+            if not conn.lost or task is None:
                 raise  # not the client's leaving: the server stopping
             task.uncancel()
             return
