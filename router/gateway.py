@@ -18,7 +18,7 @@ from router.backend_stats import StatsBook
 from router.dispatch import Attempts, Dispatcher, Job, Opened, dump_object, upstream_request
 from router.errors import GatewayError, InvalidRequest, ModelNotFound
 from router.ledger.base import Ledger, Outcome, UsageRecord
-from router.metering import RequestContext, build_record, observe, reported
+from router.metering import RequestContext, billed_tokens, build_record, observe
 from router.metrics import Metrics
 from router.overrides import parse as parse_overrides
 from router.overrides import strip as strip_overrides
@@ -242,11 +242,8 @@ class Gateway:
 
     def _usage_of(self, payload: dict[str, Any], data: dict[str, Any]) -> tuple[int, int, str]:
         """Tokens in and out: the backend's counts where it gives believable ones, else counted."""
-        tokens_in, tokens_out = reported(data.get("usage"))
-        source = "upstream" if tokens_in is not None and tokens_out is not None else "counted"
-        if tokens_in is None:
-            tokens_in = self.tokens.count_prompt(payload)
-        if tokens_out is None:
+
+        def answer_tokens() -> int:
             text: list[str] = []
             for choice in data.get("choices") or []:
                 if isinstance(choice, dict):
@@ -254,8 +251,9 @@ class Gateway:
                     text.append(str(message.get("content") or "") if isinstance(message, dict) else "")
                     if isinstance(choice.get("text"), str):
                         text.append(choice["text"])
-            tokens_out = self.tokens.count("".join(text))
-        return tokens_in, tokens_out, source
+            return self.tokens.count("".join(text))
+
+        return billed_tokens(data.get("usage"), lambda: self.tokens.count_prompt(payload), answer_tokens)
 
     async def close(self) -> None:
         for provider in self.providers.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -58,6 +59,18 @@ def reported(usage: object) -> tuple[int | None, int | None]:
     if not isinstance(usage, dict):
         return None, None
     return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def billed_tokens(usage: object, count_in: Callable[[], int], count_out: Callable[[], int]) -> tuple[int, int, str]:
+    """Tokens in and out, and their source: the backend's believable counts (``reported``), what
+    is missing counted at the gateway; "upstream" only if the backend gave both."""
+    tokens_in, tokens_out = reported(usage)
+    source = "upstream" if tokens_in is not None and tokens_out is not None else "counted"
+    if tokens_in is None:
+        tokens_in = count_in()
+    if tokens_out is None:
+        tokens_out = count_out()
+    return tokens_in, tokens_out, source
 
 
 def _count(value: object) -> int | None:

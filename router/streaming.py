@@ -24,7 +24,7 @@ from router.backend_stats import StatsBook
 from router.dispatch import Attempts, Opened
 from router.errors import error_body
 from router.ledger.base import Ledger, Outcome, UsageRecord
-from router.metering import RequestContext, build_record, observe, reported
+from router.metering import RequestContext, billed_tokens, build_record, observe
 from router.metrics import Metrics
 from router.tokens import TokenCounter
 
@@ -193,12 +193,8 @@ class StreamRelay:
                     self._text.extend(s for s in (fn.get("name"), fn.get("arguments")) if isinstance(s, str))
 
     def _record(self, outcome: Outcome) -> UsageRecord:
-        tokens_in, tokens_out = reported(self._usage)
-        source = "upstream" if tokens_in is not None and tokens_out is not None else "counted"
-        if tokens_in is None:
-            tokens_in = self._prompt_tokens()
-        if tokens_out is None:
-            tokens_out = self._tokens.count("".join(self._text))
+        tokens_in, tokens_out, source = billed_tokens(self._usage, self._prompt_tokens,
+                                                      lambda: self._tokens.count("".join(self._text)))
         ttft = self.opened.opened_at - self._ctx.started
         return build_record(self._ctx, self.opened.scored, tokens_in, tokens_out, outcome, source,
                             self._attempts.count, ttft, attempt=self._attempts.answered or None)

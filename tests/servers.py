@@ -8,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -76,3 +76,13 @@ def serve(raw_config: dict[str, Any], **settings: Any) -> Iterator[str]:
 
 def admin() -> dict[str, str]:
     return {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """``check()`` once it is truthy, or its last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)

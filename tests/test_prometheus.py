@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import backend_entry
-from tests.servers import ADMIN_KEY
+from tests.servers import ADMIN_KEY, wait_for
 
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "dashboards" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
@@ -138,15 +138,6 @@ def _query(url: str, expr: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
-def _eventually(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.2)
-
-
 @needs_prometheus
 def test_prometheus_scrapes_the_gateway_with_the_admin_key(gw, prometheus, tmp_path: Path) -> None:
     """The shipped job, given a wrong key, is down and its alert pending; a copy of the job with the
@@ -158,7 +149,7 @@ def test_prometheus_scrapes_the_gateway_with_the_admin_key(gw, prometheus, tmp_p
         targets = httpx.get(url + "/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
         health = {t["labels"]["job"]: (t["health"], t["lastError"]) for t in targets}
         return health if len(health) == 2 and "unknown" not in {h for h, _ in health.values()} else {}
-    health = _eventually(scraped)
+    health = wait_for(scraped, 20.0)
     assert health["fedrouter-ok"] == ("up", "")
     assert health["fedrouter"][0] == "down" and "401" in health["fedrouter"][1]
     assert {r["metric"]["job"]: r["value"][1] for r in _query(url, "up")} == {"fedrouter": "0", "fedrouter-ok": "1"}
@@ -174,11 +165,11 @@ def test_prometheus_scrapes_the_gateway_with_the_admin_key(gw, prometheus, tmp_p
         rules = [rule for group in groups for rule in group["rules"]]
         # Go's zero time until a rule is first evaluated
         return rules if rules and not any(rule["lastEvaluation"].startswith("0001") for rule in rules) else []
-    rules = _eventually(evaluated)
+    rules = wait_for(evaluated, 20.0)
     assert len(rules) == 6 and {rule["health"] for rule in rules} == {"ok"}, rules
 
     def alerts() -> list[tuple[str, str | None, str]]:
         found = httpx.get(url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
         return [(a["labels"]["alertname"], a["labels"].get("job"), a["state"]) for a in found]
     # Pending, not firing: it needs 5 minutes. Nothing else fires on a healthy gateway.
-    assert _eventually(alerts) == [("FedrouterMetricsScrapeFailing", "fedrouter", "pending")]
+    assert wait_for(alerts, 20.0) == [("FedrouterMetricsScrapeFailing", "fedrouter", "pending")]

@@ -26,7 +26,7 @@ from router.config import parse_config
 from router.settings import Settings
 from tests.conftest import Gateway, Sim, backend_entry
 from tests.openai_schema import validate
-from tests.servers import ADMIN_KEY, start_server, start_uvicorn
+from tests.servers import ADMIN_KEY, start_server, start_uvicorn, wait_for
 from tests.test_cli import _free_port, _run, _spawn, _wait_ready
 
 pytestmark = pytest.mark.timeout(15)
@@ -148,15 +148,6 @@ def assert_openai_error(answer: Answer, status: int) -> dict[str, Any]:
     validate(payload, "ErrorResponse")
     assert set(payload["error"]) >= {"message", "type", "code", "param"}
     return payload["error"]
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
 
 
 @pytest.fixture
