@@ -13,12 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from router.admission import Demand, LocalAdmission
-from router.admission_redis import RedisAdmission
-from router.budgets import Amounts
 from router.config import Budget, RateLimits
 from router.ledger import open_ledger
 from router.ledger.base import UsageRecord
+from router.tenancy.admission.base import Demand
+from router.tenancy.admission.memory import LocalAdmission
+from router.tenancy.admission.redis import RedisAdmission
+from router.tenancy.budgets import Amounts
 
 LIMITS = RateLimits(requests_per_minute=10**9, tokens_per_minute=10**12, concurrent_streams=10**6)
 BUDGETS = (Budget(metric="usd", period="monthly", hard=1e6, soft=9e5), Budget(metric="kwh", period="daily", hard=1e6))

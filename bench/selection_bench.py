@@ -21,11 +21,12 @@ from collections.abc import Callable
 from policies.base import RequestShape
 from policies.presets import PRESETS
 from providers.base import BackendInfo
-from router.backend_stats import EjectionPolicy, StatsBook
 from router.config import RoutingConfig
-from router.metering import decision_json
-from router.routing import Planner, Tenant
+from router.fleet.backend_stats import EjectionPolicy, StatsBook
+from router.pipeline.metering import decision_json
+from router.pipeline.planner import Planner
 from router.state.memory import MemoryStore
+from router.tenancy.tenants import Tenant
 
 CLASSES = ("datacenter", "sovereign", "volunteer")
 ZONES = ("FR", "DE", "US", "SE", "PL", "ES", "IT", "NL")

@@ -17,7 +17,7 @@ import uuid
 
 from redis.asyncio import Redis
 
-from router.backend_stats import EjectionPolicy, StatsBook
+from router.fleet.backend_stats import EjectionPolicy, StatsBook
 from router.state import MemoryStore
 from router.state.redis import RedisStore
 

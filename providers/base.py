@@ -2,7 +2,7 @@
 
 A provider is a transport: it turns one upstream request into one upstream response or one
 stream of server-sent events. Retries, fallback, hedging, metering and metrics wrap it from the
-outside (``router.dispatch``); no provider knows about tenants, budgets or other providers.
+outside (``router.pipeline.dispatch``); no provider knows about tenants, budgets or other providers.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Requests arrive in OpenAI's shape with ``model`` already the litellm name ("anthropic/claude-...");
 answers leave in OpenAI's shape, with nothing of litellm's own in them. litellm is imported when the
 first such backend is built, because importing it costs seconds. Its retries are off: retrying and
-falling back belong to ``router.dispatch``.
+falling back belong to ``router.pipeline.dispatch``.
 """
 
 from __future__ import annotations

@@ -19,26 +19,26 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from router.admission import open_admission
 from router.api import admin, admin_tenants, dashboard, health, openai, route, usage
-from router.api.fastpath import FastPath, GatewayApp, RequestIdMiddleware, error_response
-from router.backend_stats import EjectionPolicy, StatsBook
 from router.config import FederationConfig
-from router.dispatch import Dispatcher
 from router.errors import GatewayError, InvalidRequest, RouteNotFound, error_body
-from router.federation import build_providers, stream_usage_backends, unpriced
-from router.gateway import Gateway
-from router.keys import KeyStore
+from router.fleet.backend_stats import EjectionPolicy, StatsBook
+from router.fleet.pricing import PriceMap
+from router.fleet.wiring import build_providers, stream_usage_backends, unpriced
+from router.http.asgi import FastPath, GatewayApp, RequestIdMiddleware, error_response
+from router.http.shedding import LoadShedder
 from router.ledger import open_ledger
 from router.ledger.base import Unawaited
 from router.metrics import Metrics
-from router.pricing import PriceMap
-from router.routing import Planner
+from router.pipeline.dispatch import Dispatcher
+from router.pipeline.gateway import Gateway
+from router.pipeline.planner import Planner
+from router.pipeline.tokens import TokenCounter
 from router.settings import Settings
-from router.shedding import LoadShedder
 from router.state import open_store
-from router.tenancy import Tenancy
-from router.tokens import TokenCounter
+from router.tenancy.admission import open_admission
+from router.tenancy.keys import KeyStore
+from router.tenancy.tenants import Tenancy
 
 log = logging.getLogger("fedrouter")
 

@@ -20,10 +20,10 @@ import pytest
 
 from router.app import create_app
 from router.config import parse_config
-from router.keys import KeyStore
-from router.server import Server
+from router.http.server import Server
 from router.settings import Settings
-from router.sim import SimBackend, SimBehavior, start_sim
+from router.sim.backend import SimBackend, SimBehavior, start_sim
+from router.tenancy.keys import KeyStore
 from tests.servers import ADMIN_KEY, start_server
 
 

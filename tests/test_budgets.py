@@ -17,12 +17,13 @@ import pytest
 import pytest_asyncio
 import redis
 
-from router.admission import DEFAULT_MAX_OUTPUT, Demand, LocalAdmission, output_bound
-from router.admission_redis import RedisAdmission
-from router.budgets import NANO, Amounts, BudgetExceeded, lines, nano, period_start
 from router.config import Budget, RateLimits
 from router.ledger import open_ledger
 from router.ledger.base import UsageRecord
+from router.tenancy.admission.base import DEFAULT_MAX_OUTPUT, Demand, output_bound
+from router.tenancy.admission.memory import LocalAdmission
+from router.tenancy.admission.redis import RedisAdmission
+from router.tenancy.budgets import NANO, Amounts, BudgetExceeded, lines, nano, period_start
 from tests.conftest import backend_entry
 from tests.openai_schema import validate
 from tests.servers import admin, serve

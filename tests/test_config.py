@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from router.config import ConfigError, load_config, parse_config
-from router.federation import backend_info, unpriced
-from router.pricing import PriceMap
+from router.fleet.pricing import PriceMap
+from router.fleet.wiring import backend_info, unpriced
 
 ROOT = Path(__file__).resolve().parents[1]
 

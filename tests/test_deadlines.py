@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from router.deadlines import Deadlines
+from router.pipeline.deadlines import Deadlines
 
 async_test = pytest.mark.asyncio
 

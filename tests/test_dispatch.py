@@ -10,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from router.tokens import TokenCounter
+from router.pipeline.tokens import TokenCounter
 from tests.conftest import backend_entry
 from tests.openai_schema import validate
 

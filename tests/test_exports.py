@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from router.exports import FOCUS_CUSTOM, FOCUS_MANDATORY
+from router.ledger.exports import FOCUS_CUSTOM, FOCUS_MANDATORY
 from tests.conftest import backend_entry
 from tests.test_cli import _free_port, _wait_ready
 from tests.test_ledger import pg_url  # noqa: F401  (the fixture: a PostgreSQL database for this session)

@@ -12,14 +12,15 @@ import openai
 import pytest
 import pytest_asyncio
 
-from router.admission import Demand, LocalAdmission
-from router.admission_redis import RedisAdmission
-from router.budgets import ZERO
 from router.config import RateLimits
 from router.errors import RateLimited
 from router.ledger import open_ledger
 from router.ledger.base import UsageRecord
-from router.limits import duration, gcra
+from router.tenancy.admission.base import Demand
+from router.tenancy.admission.memory import LocalAdmission
+from router.tenancy.admission.redis import RedisAdmission
+from router.tenancy.budgets import ZERO
+from router.tenancy.limits import duration, gcra
 from tests.conftest import backend_entry
 from tests.openai_schema import validate
 

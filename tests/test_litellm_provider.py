@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from providers import registry
 from providers.base import BackendInfo, Provider, ProviderError, UpstreamRequest
-from router.sim import SimBackend, start_sim
+from router.sim.backend import SimBackend, start_sim
 from tests.openai_schema import validate
 
 # One event loop for the module: litellm pools its HTTP clients per process, and a loop per test

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from router.local_model import LocalModelServer, bundled_model_path
+from router.sim.local_model import LocalModelServer, bundled_model_path
 
 FINISH_REASONS = {"stop", "length"}
 MESSAGES = [{"role": "user", "content": "Say hello."}]

@@ -1,4 +1,4 @@
-"""``router.hedging.race`` on its own: which attempt wins, and which loser counts as consumed."""
+"""``router.pipeline.hedging.race`` on its own: which attempt wins, and which loser counts as consumed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from providers.base import ProviderError
-from router.hedging import Superseded, race
+from router.pipeline.hedging import Superseded, race
 
 
 def _yes() -> bool:

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from policies.base import Stats
-from router.backend_stats import EjectionPolicy, StatsBook
+from router.fleet.backend_stats import EjectionPolicy, StatsBook
 from router.state import MemorySpace, MemoryStore
 from router.state.redis import RedisStore
 from tests.test_cli import _free_port, _run, _spawn, _wait_ready

@@ -17,12 +17,13 @@ from policies.base import MaxPrice, PolicySpec, RequestShape, Scored, Weights
 from policies.presets import PRESETS
 from policies.scorers import SCORERS, normalise
 from providers.base import BackendInfo
-from router.backend_stats import EjectionPolicy, StatsBook
 from router.config import RoutingConfig
 from router.errors import ModelNotFound, NoBackendAvailable
-from router.overrides import Override
-from router.routing import Planner, Tenant
+from router.fleet.backend_stats import EjectionPolicy, StatsBook
+from router.pipeline.overrides import Override
+from router.pipeline.planner import Planner
 from router.state.memory import MemoryStore
+from router.tenancy.tenants import Tenant
 from tests.conftest import backend_entry
 from tests.test_policies import ALL, REQ, _constraints, _requests, _weights, cand
 

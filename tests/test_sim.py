@@ -14,7 +14,7 @@ import openai
 import pytest
 import pytest_asyncio
 
-from router.sim import SimBackend, SimBehavior, start_sim
+from router.sim.backend import SimBackend, SimBehavior, start_sim
 
 USER = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there world"}]
 PROMPT_TOKENS = 2 + 3 + 3 + 3  # words plus 3 per message

@@ -1,7 +1,7 @@
 """Tenants and their API keys under /admin/v1, for the operator only (admin key).
 
 Tenants: list, create, show (with each budget's live spend and reservations), change and delete
-the ones created here; tenants declared in the config file are read-only (see router.tenancy).
+the ones created here; tenants declared in the config file are read-only (see router.tenancy.tenants).
 Keys: create (the secret is in this answer only), list and show (never the secret or its hash),
 revoke, rotate (a new secret; the old one stops working now or after ``grace_seconds``).
 """
@@ -18,9 +18,9 @@ from policies.base import PolicySpec
 from router.api.deps import AdminDep, GatewayDep, KeysDep
 from router.config import Budget, RateLimits, TenantConfig
 from router.errors import GatewayError, InvalidRequest
-from router.gateway import Gateway
-from router.keys import KeyRecord
-from router.tenancy import TenantEntry, check_key_limits, unknown_tenant
+from router.pipeline.gateway import Gateway
+from router.tenancy.keys import KeyRecord
+from router.tenancy.tenants import TenantEntry, check_key_limits, unknown_tenant
 
 router = APIRouter(prefix="/admin/v1", dependencies=[AdminDep])
 

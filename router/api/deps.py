@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from router.errors import AuthenticationFailed, PermissionDenied
-from router.gateway import Gateway
-from router.keys import KeyStore
+from router.pipeline.gateway import Gateway
 from router.settings import Settings
+from router.tenancy.keys import KeyStore
 
 
 async def _gateway(request: Request) -> Gateway:

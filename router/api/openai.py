@@ -1,5 +1,5 @@
 """The OpenAI-compatible model routes under /v1; the inference routes are served by
-``router.api.fastpath`` (and ``router.server``), ahead of FastAPI."""
+``router.http.asgi`` (and ``router.http.server``), ahead of FastAPI."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from router.api.deps import GatewayDep
-from router.api.fastpath import infer
 from router.errors import ModelNotFound
-from router.gateway import Gateway
-from router.routing import Tenant
+from router.http.asgi import infer
+from router.pipeline.gateway import Gateway
+from router.tenancy.tenants import Tenant
 
 router = APIRouter(prefix="/v1")
 

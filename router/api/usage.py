@@ -18,7 +18,7 @@ from starlette.responses import StreamingResponse
 from router.api.deps import AdminDep, GatewayDep
 from router.api.openai import TenantDep
 from router.errors import InvalidRequest
-from router.exports import (
+from router.ledger.exports import (
     FORMATS,
     GRANULARITIES,
     MEDIA_TYPES,

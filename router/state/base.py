@@ -1,7 +1,7 @@
 """The Store protocol: backend state shared by every gateway replica (samples, counters, ejections).
 
 A store holds only what replicas must agree on. Each replica keeps its own local view
-(``router.backend_stats``) and talks to the store in batches, so the request path never waits
+(``router.fleet.backend_stats``) and talks to the store in batches, so the request path never waits
 on the store except for the few reads that must be fresh (ejections) and the rare writes that
 others must see before the client does (an ejection).
 

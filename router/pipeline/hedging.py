@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from providers.base import ProviderError
-from router.backend_stats import StatsBook
 from router.config import HedgingConfig
+from router.fleet.backend_stats import StatsBook
 
 T = TypeVar("T")
 

@@ -13,31 +13,24 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, NamedTuple, NoReturn
 
 from policies import filters, pickers, selection
 from policies.base import CLASS_TRUST, Constraints, PolicySpec, Profile, RequestShape, Scored
 from policies.selection import Admitted, Group, Ranking, Reach
 from providers.base import BackendInfo
-from router import overrides
-from router.backend_stats import StatsBook
 from router.config import BackendConfig, FederationConfig
-from router.energy import CarbonTable, EcologitsEnergy, EnergyBook, UnknownZone, power_watts, static_estimate
 from router.errors import GatewayError, ModelNotFound, NoBackendAvailable
-from router.overrides import Override
+from router.fleet.backend_stats import StatsBook
+from router.fleet.energy import CarbonTable, EcologitsEnergy, EnergyBook, UnknownZone, power_watts, static_estimate
+from router.pipeline import overrides
+from router.pipeline.overrides import Override
 from router.state.base import store_key
+from router.tenancy.tenants import Tenant
 
 _TRANSIENT = frozenset({filters.EJECTED, filters.AT_LIMIT})
 _MAX_CACHED = 4096  # (model, constraints) pairs and tenant policies
-
-
-@dataclass(frozen=True, slots=True)
-class Tenant:
-    name: str
-    policy: PolicySpec
-    allow_volunteer: bool
-    key_id: str | None = None
 
 
 class Plan(NamedTuple):  # a tuple: built on every request, and cheaper to build than a dataclass

@@ -32,11 +32,11 @@ from urllib.parse import unquote
 import httptools
 from starlette.responses import Response
 
-from router.api.fastpath import INFERENCE_ROUTES, GatewayApp, error_response
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest, error_body
-from router.gateway import Gateway
-from router.shedding import LoadShedder
-from router.streaming import EventStreamResponse, frame
+from router.http.asgi import INFERENCE_ROUTES, GatewayApp, error_response
+from router.http.shedding import LoadShedder
+from router.pipeline.gateway import Gateway
+from router.pipeline.streaming import EventStreamResponse, frame
 
 log = logging.getLogger("fedrouter")
 
@@ -301,7 +301,7 @@ class _StreamSend:
             await self._body(message.get("body", b""), message.get("more_body", False))
 
     def early(self, headers: list[tuple[bytes, bytes]], first: bytes) -> None:
-        """An event stream's head and first event, written at once (``router.streaming.EarlyWrite``)."""
+        """An event stream's head and first event, written at once (``router.pipeline.streaming.EarlyWrite``)."""
         self.begin(200, headers)
         out = self._framed(first, True)
         if not self.conn.lost and self.conn.transport is not None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from providers import registry
 from providers.base import BackendInfo, Provider
 from router.config import BackendConfig, FederationConfig
-from router.pricing import PriceMap
+from router.fleet.pricing import PriceMap
 
 
 def backend_info(cfg: BackendConfig, prices: PriceMap) -> BackendInfo:

@@ -7,34 +7,26 @@ every requests/tokens bucket has room; then it takes them all and returns a ``Ti
 billed): the stream slots are freed, the token estimate is corrected and the budget reservation
 becomes the real cost. The gateway settles on every exit path; settling twice is a no-op.
 
-Two implementations with the same behaviour: ``LocalAdmission`` keeps its state in dicts (one
-process; a few dict operations per request), ``RedisAdmission`` (``router.admission_redis``) in
-Redis, one script call per admit and one per settle, shared by every gateway on that Redis.
+Two implementations with the same behaviour: ``LocalAdmission`` (``.memory``) keeps its state in dicts
+(one process; a few dict operations per request), ``RedisAdmission`` (``.redis``) in Redis, one
+script call per admit and one per settle, shared by every gateway on that Redis.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from policies.base import Scored
-from router.budgets import (
+from router.config import Budget, RateLimits
+from router.ledger.base import UsageRecord
+from router.tenancy.budgets import (
     ZERO,
     Amounts,
     Line,
-    LineCache,
-    MemoryBudgets,
-    ledger_spend,
-    lines,
-    of_record,
-    report,
     worst_case,
 )
-from router.config import Budget, RateLimits
-from router.ledger.base import Ledger, UsageRecord
-from router.limits import Bucket, MemoryLimits, buckets, headers, stream_slots, too_large
+from router.tenancy.limits import Bucket
 
 #: Output tokens reserved for a request that sets no max_tokens; for a tenant with a hard budget
 #: the gateway also sends it upstream as max_tokens, so the reservation is a real bound.
@@ -117,75 +109,5 @@ def tokens_of(record: UsageRecord | None) -> int:
     return 0 if record is None else record.input_tokens + record.output_tokens
 
 
-class LocalAdmission:
-    """Limits and budgets of one gateway process, in memory."""
-
-    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ledger = ledger
-        self._limits = MemoryLimits(clock)
-        self._budgets = MemoryBudgets()
-        self._lines = LineCache()
-
-    async def _seed(self, tenant: str, wanted: list[Line]) -> None:
-        for line in self._budgets.missing(tenant, wanted):
-            self._budgets.seed(tenant, line, await ledger_spend(self._ledger, tenant, line))
-
-    async def admit(self, demand: Demand) -> Ticket:
-        wanted = self._lines(demand.budgets, demand.received)
-        await self._seed(demand.tenant, wanted)
-        # From here on no await: the checks and the writes below see the same state.
-        draws = buckets(demand.tenant, demand.key_id, demand.limits, demand.key_limits, demand.tokens)
-        for bucket in draws:
-            if err := too_large(bucket):
-                raise err
-        slots = stream_slots(demand.tenant, demand.key_id, demand.limits, demand.key_limits) if demand.stream else []
-        if err := self._limits.blocked(slots):
-            raise err
-        refused, warnings = self._budgets.check(demand.tenant, wanted, demand.worst)
-        if refused:
-            raise refused
-        verdicts, err = self._limits.draw(draws)
-        if err:
-            raise err
-        self._limits.acquire(slots)
-        reserved = demand.worst if wanted else ZERO
-        self._budgets.reserve(demand.tenant, reserved)
-        out = headers(verdicts)
-        if warnings:
-            out[BUDGET_WARNING] = "; ".join(warnings)
-        return Ticket(demand, draws, slots, wanted, out, reserved)
-
-    async def settle(self, ticket: Ticket, record: UsageRecord | None) -> None:
-        if ticket.settled:
-            return
-        ticket.settled = True
-        self._limits.correct(ticket.buckets, tokens_of(record))
-        self._limits.release(ticket.slots)
-        if ticket.lines:
-            self._budgets.settle(ticket.demand.tenant, ticket.lines, ticket.reserved, of_record(record))
-
-    async def prime(self, tenant: str, budgets: list[Budget]) -> None:
-        await self._seed(tenant, lines(budgets, time.time()))
-
-    async def budgets(self, tenant: str, budgets: list[Budget]) -> list[dict[str, Any]]:
-        wanted = lines(budgets, time.time())
-        await self._seed(tenant, wanted)
-        return [report(line, *self._budgets.state(tenant, line)) for line in wanted]
-
-    async def close(self) -> None:
-        return None
-
-
-def open_admission(state: str | None, prefix: str, ledger: Ledger, lease_s: float) -> Admission:
-    """In memory without a state URL; in Redis (imported only then) with ``redis://``."""
-    if state is None:
-        return LocalAdmission(ledger)
-    if not state.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"state URL {state!r}: only redis://HOST:PORT/DB (or rediss://, unix://) is supported")
-    from router.admission_redis import RedisAdmission
-
-    return RedisAdmission(state, prefix, ledger, lease_s)
-
-
-__all__ = ["BUDGET_WARNING", "DEFAULT_MAX_OUTPUT", "Admission", "Demand", "LocalAdmission", "Ticket", "demand",
-           "needs_output_cap", "open_admission", "output_bound", "tokens_of"]
+__all__ = ["BUDGET_WARNING", "DEFAULT_MAX_OUTPUT", "Admission", "Demand", "Ticket", "demand",
+           "needs_output_cap", "output_bound", "tokens_of"]

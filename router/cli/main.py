@@ -17,7 +17,7 @@ from router.config import ConfigError, FederationConfig, TenantConfig, load_conf
 from router.settings import Settings
 
 if TYPE_CHECKING:
-    from router.api.fastpath import GatewayApp
+    from router.http.asgi import GatewayApp
     from router.ledger import Ledger
 
 _CONFIG_ENV = "FEDROUTER_CONFIG"
@@ -42,8 +42,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _limits_per_process(config: FederationConfig, settings: Settings) -> list[str]:
     """The limits and budgets, declared or stored, that workers without shared state would each
     enforce on their own."""
-    from router.keys import KeyStore
-    from router.tenancy import per_process_limits
+    from router.tenancy.keys import KeyStore
+    from router.tenancy.tenants import per_process_limits
 
     store = KeyStore(settings.keys_path())
     try:
@@ -56,7 +56,7 @@ def _limits_per_process(config: FederationConfig, settings: Settings) -> list[st
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from router import server
+    from router.http import server
 
     if args.workers < 1:
         return _fail(f"--workers {args.workers}: give at least 1")
@@ -147,7 +147,7 @@ def _write_export(args: argparse.Namespace, body: Callable[[Ledger], AsyncIterat
 
 
 def _export(args: argparse.Namespace) -> int:
-    from router.exports import FORMATS, GRANULARITIES, export, usage_rows
+    from router.ledger.exports import FORMATS, GRANULARITIES, export, usage_rows
 
     start, end = _period(args)
     fmt = _one_of(args.format, FORMATS, "--format")
@@ -159,7 +159,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _payouts(args: argparse.Namespace) -> int:
-    from router.exports import PAYOUT_FORMATS, export_payouts
+    from router.ledger.exports import PAYOUT_FORMATS, export_payouts
 
     start, end = _period(args)
     fmt = _one_of(args.format, PAYOUT_FORMATS, "--format")
@@ -176,8 +176,8 @@ def _count(n: int, noun: str) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from router.federation import backend_info, unpriced
-    from router.pricing import PriceMap
+    from router.fleet.pricing import PriceMap
+    from router.fleet.wiring import backend_info, unpriced
 
     config: FederationConfig = load_config(args.config)
     prices = PriceMap()
@@ -188,13 +188,13 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from router.demo import run_demo
+    from router.cli.demo import run_demo
 
     return run_demo(args.host, args.port, args.ledger or "sqlite:///fedrouter-demo.db")
 
 
 def _local_model(args: argparse.Namespace) -> int:
-    from router.local_model import main as local_main
+    from router.sim.local_model import main as local_main
 
     local_main(["--port", str(args.port)])
     return 0
@@ -221,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--ledger")
     demo.set_defaults(func=_demo)
 
-    from router.cli_tenants import add_parsers
+    from router.cli.tenants import add_parsers
 
     add_parsers(sub)  # keys create|list|revoke|rotate, tenants list|create
 

@@ -14,12 +14,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from policies.base import Scored
 from providers.base import EventStream, Provider, ProviderError, UpstreamRequest
-from router.backend_stats import StatsBook
 from router.config import RoutingConfig
-from router.deadlines import Deadlines
 from router.errors import GatewayError, InvalidRequest, NoBackendAvailable, UpstreamRejected
-from router.hedging import Hedger, Superseded, race
+from router.fleet.backend_stats import StatsBook
 from router.metrics import Metrics
+from router.pipeline.deadlines import Deadlines
+from router.pipeline.hedging import Hedger, Superseded, race
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import orjson
 from policies.base import Scored
 from router.ledger.base import Kind, Outcome, UsageRecord
 from router.metrics import Metrics
-from router.routing import Plan
+from router.pipeline.planner import Plan
 
 _J_PER_WH = 3600.0
 

@@ -11,7 +11,7 @@ is left now) and ``-reset-*`` (the time until the bucket is full again, as ``1s`
 ``12ms``), for ``requests`` and ``tokens``; a 429 adds ``retry-after`` (whole seconds) and
 ``retry-after-ms``. Where both the tenant and the key are limited, the tighter one is reported.
 
-This module holds the arithmetic and the in-process state; ``router.admission`` runs the same
+This module holds the arithmetic and the in-process state; ``router.tenancy.admission.base`` runs the same
 arithmetic in Redis for gateways that share their limits.
 """
 

@@ -12,11 +12,11 @@ import yaml
 
 from router.app import create_app
 from router.config import FederationConfig, parse_config
-from router.keys import KeyStore
+from router.http.server import Server, bind
 from router.ledger import sqlite_path
-from router.server import Server, bind
 from router.settings import Settings
-from router.sim import SimBackend, SimBehavior, start_sim
+from router.sim.backend import SimBackend, SimBehavior, start_sim
+from router.tenancy.keys import KeyStore
 
 # Latency and throughput of each demo backend: (time to first token in s, tokens per s).
 _PROFILES = {
@@ -28,7 +28,7 @@ _PROFILES = {
 
 
 def demo_config_text() -> str:
-    return resources.files("router").joinpath("demo.yaml").read_text()
+    return resources.files("router.cli").joinpath("demo.yaml").read_text()
 
 
 def run_demo(host: str, port: int, ledger: str) -> int:

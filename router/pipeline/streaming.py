@@ -20,13 +20,13 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from providers.base import ProviderError
-from router.backend_stats import StatsBook
-from router.dispatch import Attempts, Opened
 from router.errors import error_body
+from router.fleet.backend_stats import StatsBook
 from router.ledger.base import Ledger, Outcome, UsageRecord
-from router.metering import RequestContext, billed_tokens, build_record, observe
 from router.metrics import Metrics
-from router.tokens import TokenCounter
+from router.pipeline.dispatch import Attempts, Opened
+from router.pipeline.metering import RequestContext, billed_tokens, build_record, observe
+from router.pipeline.tokens import TokenCounter
 
 DONE = b"data: [DONE]\n\n"
 

@@ -16,14 +16,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from policies.base import PolicySpec
 from router.config import Budget, FederationConfig, RateLimits, TenantConfig
 from router.errors import AuthenticationFailed, InvalidRequest
-from router.keys import KeyRecord, KeyStore
-from router.routing import Tenant
+from router.tenancy.keys import KeyRecord, KeyStore
 
 Source = Literal["config", "api"]
 _UNLIMITED = RateLimits()  # frozen
 _MAX_CALLERS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A tenant as routing sees it: its policy, and whether volunteers may serve it."""
+
+    name: str
+    policy: PolicySpec
+    allow_volunteer: bool
+    key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 routes served directly, without FastAPI's routing and dependency machinery, which cost more per
 request than the gateway's own work. Every other route passes through to the FastAPI app.
 
-``router.server`` answers the inference routes before any ASGI layer; these layers serve them
+``router.http.server`` answers the inference routes before any ASGI layer; these layers serve them
 when the app runs under another ASGI server (uvicorn, say)."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from providers.base import Endpoint
-from router.api.body import read_body
 from router.errors import GatewayError, error_body
-from router.gateway import Gateway
+from router.pipeline.body import read_body
+from router.pipeline.gateway import Gateway
 
 log = logging.getLogger("fedrouter")
 

@@ -1,4 +1,4 @@
-"""Admission in Redis: the limits and budgets of ``router.admission``, shared by every gateway process.
+"""Admission in Redis: the limits and budgets of ``router.tenancy.admission.base``, shared by every gateway process.
 
 Each admit and each settle is one Lua script call (one round trip, atomic in Redis), running the
 same rules as ``LocalAdmission`` on Redis's own clock. Keys, under the configured prefix:
@@ -23,14 +23,25 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router.admission import BUDGET_WARNING, Demand, Ticket, tokens_of
-from router.budgets import ZERO, Amounts, Line, LineCache, ledger_spend, lines, of_record, refusal, report, warning
 from router.config import Budget
 from router.errors import GatewayError
 from router.ledger.base import Ledger, UsageRecord
-from router.limits import WINDOW_S, Verdict, buckets, concurrency_refused, first_refusal, headers, stream_slots
-from router.limits import too_large as too_large_for
 from router.state.redis import close_client
+from router.tenancy.admission.base import BUDGET_WARNING, Demand, Ticket, tokens_of
+from router.tenancy.budgets import (
+    ZERO,
+    Amounts,
+    Line,
+    LineCache,
+    ledger_spend,
+    lines,
+    of_record,
+    refusal,
+    report,
+    warning,
+)
+from router.tenancy.limits import WINDOW_S, Verdict, buckets, concurrency_refused, first_refusal, headers, stream_slots
+from router.tenancy.limits import too_large as too_large_for
 
 log = logging.getLogger("fedrouter")
 

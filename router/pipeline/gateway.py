@@ -12,20 +12,21 @@ from starlette.responses import Response
 
 from policies.base import RequestShape, Scored
 from providers.base import Endpoint, Provider, UpstreamResponse
-from router.admission import DEFAULT_MAX_OUTPUT, Admission, LocalAdmission, Ticket, demand, needs_output_cap
-from router.api.body import optional_int, parse_object, require
-from router.backend_stats import StatsBook
-from router.dispatch import Attempts, Dispatcher, Job, Opened, dump_object, upstream_request
 from router.errors import GatewayError, InvalidRequest, ModelNotFound
+from router.fleet.backend_stats import StatsBook
 from router.ledger.base import Ledger, Outcome, UsageRecord
-from router.metering import RequestContext, billed_tokens, build_record, observe
 from router.metrics import Metrics
-from router.overrides import parse as parse_overrides
-from router.overrides import strip as strip_overrides
-from router.routing import Planner, Tenant, request_needs
-from router.streaming import EarlyWrite, EventStreamResponse, StreamRelay, stream_headers
-from router.tenancy import Caller, Tenancy
-from router.tokens import TokenCounter
+from router.pipeline.body import optional_int, parse_object, require
+from router.pipeline.dispatch import Attempts, Dispatcher, Job, Opened, dump_object, upstream_request
+from router.pipeline.metering import RequestContext, billed_tokens, build_record, observe
+from router.pipeline.overrides import parse as parse_overrides
+from router.pipeline.overrides import strip as strip_overrides
+from router.pipeline.planner import Planner, request_needs
+from router.pipeline.streaming import EarlyWrite, EventStreamResponse, StreamRelay, stream_headers
+from router.pipeline.tokens import TokenCounter
+from router.tenancy.admission.base import DEFAULT_MAX_OUTPUT, Admission, Ticket, demand, needs_output_cap
+from router.tenancy.admission.memory import LocalAdmission
+from router.tenancy.tenants import Caller, Tenancy, Tenant
 
 _DEFAULT_MAX_OUTPUT = 256
 _JSON = "application/json"

@@ -12,7 +12,7 @@ Amounts are integers of 1e-9 of the budget's unit, rounded up, so sums are exact
 never tips a sum over its limit. The spend of a period starts from the ledger's totals, read
 the first time the period is used (so it survives restarts), and grows with every settlement.
 
-This module holds the arithmetic and the in-process state; ``router.admission`` runs the same
+This module holds the arithmetic and the in-process state; ``router.tenancy.admission.base`` runs the same
 rules in Redis for gateways that share their budgets.
 """
 

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from router.config import RateLimits, TenantConfig, load_config
 from router.errors import GatewayError
-from router.keys import KeyRecord, KeyStore
 from router.settings import Settings
+from router.tenancy.keys import KeyRecord, KeyStore
 
 
 def _store(args: argparse.Namespace) -> KeyStore:
@@ -82,7 +82,7 @@ def _show(record: KeyRecord) -> str:
 
 
 def keys_create(args: argparse.Namespace) -> int:
-    from router.tenancy import check_key_limits
+    from router.tenancy.tenants import check_key_limits
 
     store = _store(args)
     try:
