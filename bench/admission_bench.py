@@ -23,13 +23,41 @@ from router.tenancy.budgets import Amounts
 
 LIMITS = RateLimits(requests_per_minute=10**9, tokens_per_minute=10**12, concurrent_streams=10**6)
 BUDGETS = (Budget(metric="usd", period="monthly", hard=1e6, soft=9e5), Budget(metric="kwh", period="daily", hard=1e6))
-RECORD = UsageRecord("r", time.time(), "acme", "dc1", "datacenter", None, "m1", "chat/completions", 10, 10, 1e-5,
-                     1e-3, 1.0, None, "ok", "upstream", 1, True)
+RECORD = UsageRecord(
+    "r",
+    time.time(),
+    "acme",
+    "dc1",
+    "datacenter",
+    None,
+    "m1",
+    "chat/completions",
+    10,
+    10,
+    1e-5,
+    1e-3,
+    1.0,
+    None,
+    "ok",
+    "upstream",
+    1,
+    True,
+)
 
 
 def demand() -> Demand:
-    return Demand("req_" + secrets.token_hex(6), "acme", "key_a", LIMITS, RateLimits(requests_per_minute=10**8),
-                  BUDGETS, 300, Amounts(5000, 200, 0), True, time.time())
+    return Demand(
+        "req_" + secrets.token_hex(6),
+        "acme",
+        "key_a",
+        LIMITS,
+        RateLimits(requests_per_minute=10**8),
+        BUDGETS,
+        300,
+        Amounts(5000, 200, 0),
+        True,
+        time.time(),
+    )
 
 
 async def measure(impl, n: int) -> tuple[float, float]:

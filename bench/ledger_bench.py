@@ -22,11 +22,26 @@ from router.ledger.base import UsageRecord
 
 def record(i: int, run: str) -> UsageRecord:
     return UsageRecord(
-        request_id=f"req_{run}_{i:08d}", ts=time.time(), tenant=f"tenant{i % 10}", backend=f"backend{i % 4}",
-        backend_class="datacenter", zone="FR", model=f"model{i % 3}", endpoint="chat/completions",
-        input_tokens=100 + i % 50, output_tokens=200, cost_usd=0.00012 * (1 + i % 5), energy_wh=0.02,
-        latency_ms=250.0, ttft_ms=40.0, outcome="ok", tokens_source="upstream", attempts=1, stream=bool(i % 2),
-        key_id="key_bench", energy_source="declared",
+        request_id=f"req_{run}_{i:08d}",
+        ts=time.time(),
+        tenant=f"tenant{i % 10}",
+        backend=f"backend{i % 4}",
+        backend_class="datacenter",
+        zone="FR",
+        model=f"model{i % 3}",
+        endpoint="chat/completions",
+        input_tokens=100 + i % 50,
+        output_tokens=200,
+        cost_usd=0.00012 * (1 + i % 5),
+        energy_wh=0.02,
+        latency_ms=250.0,
+        ttft_ms=40.0,
+        outcome="ok",
+        tokens_source="upstream",
+        attempts=1,
+        stream=bool(i % 2),
+        key_id="key_bench",
+        energy_source="declared",
         decision='{"candidates":[{"backend":"backend0","score":0.91}],"rejected":{}}',
     )
 
@@ -80,8 +95,12 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(("sqlite (WAL, synchronous=NORMAL)",
-                     asyncio.run(run(f"sqlite:///{Path(tmp) / 'bench.db'}", args.records, args.tasks))))
+        rows.append(
+            (
+                "sqlite (WAL, synchronous=NORMAL)",
+                asyncio.run(run(f"sqlite:///{Path(tmp) / 'bench.db'}", args.records, args.tasks)),
+            )
+        )
     if not args.no_pg:
         rows.append(("postgresql (asyncpg, unnest)", asyncio.run(with_pg_database(args.pg, args.records, args.tasks))))
     print(f"{args.records} records from {args.tasks} concurrent tasks, each awaiting durability")

@@ -59,8 +59,10 @@ def main() -> None:
         import uvloop
 
         loop = uvloop.new_event_loop()
-    web.run_app(make_app(args.upstream.rstrip("/")), host=args.host, port=args.port, access_log=None, print=None,
-                loop=loop)
+    web.run_app(
+        make_app(args.upstream.rstrip("/")), host=args.host, port=args.port, access_log=None, print=None, loop=loop
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -41,9 +41,14 @@ GOALS: dict[str, tuple[str, float, bool]] = {
     "ready_s": ("start-up to /healthz, median of 3 (s)", 2.0, True),
     "durable_cost_p50_ms": ("durable recording's added latency p50, c=1 (ms)", 1.0, True),
 }
-ROWS = (("rps_c64", "req/s, c=64", ".0f"), ("p50_ms", "latency p50, c=1 (ms)", ".3f"),
-        ("p99_ms", "latency p99, c=1 (ms)", ".3f"), ("ttfb_p50_ms", "stream TTFB p50 (ms)", ".2f"),
-        ("ttfb_p99_ms", "stream TTFB p99 (ms)", ".2f"), ("failed", "failed requests", "d"))
+ROWS = (
+    ("rps_c64", "req/s, c=64", ".0f"),
+    ("p50_ms", "latency p50, c=1 (ms)", ".3f"),
+    ("p99_ms", "latency p99, c=1 (ms)", ".3f"),
+    ("ttfb_p50_ms", "stream TTFB p50 (ms)", ".2f"),
+    ("ttfb_p99_ms", "stream TTFB p99 (ms)", ".2f"),
+    ("failed", "failed requests", "d"),
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,9 @@ class Processes:
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **(env or {})})
+            proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+            )
         self.procs.append(proc)
         return proc
 
@@ -121,23 +127,44 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes], timeout_s: f
     raise RuntimeError(f"port {port} did not answer {path} within {timeout_s} s")
 
 
-def start_gateway(procs: Processes, config: Path, ledger: str, durable: bool = True,
-                  keys_db: str | None = None) -> tuple[subprocess.Popen[bytes], int, float]:
+def start_gateway(
+    procs: Processes, config: Path, ledger: str, durable: bool = True, keys_db: str | None = None
+) -> tuple[subprocess.Popen[bytes], int, float]:
     """Spawn ``fedrouter serve`` and return it, its port and the seconds until /healthz answered.
     ``durable=False`` is the same gateway with responses not waiting for their ledger commit."""
     port = free_port()
     began = time.perf_counter()
-    proc = procs.spawn("fedrouter" if durable else "fedrouter_nowait", "fedrouter", "serve", "--config", str(config),
-                       "--host", HOST, "--port", str(port), "--workers", "1", "--ledger", ledger,
-                       env={"FEDROUTER_LEDGER_DURABLE": "true" if durable else "false",
-                            **({"FEDROUTER_KEYS_DB": keys_db} if keys_db else {})})
+    proc = procs.spawn(
+        "fedrouter" if durable else "fedrouter_nowait",
+        "fedrouter",
+        "serve",
+        "--config",
+        str(config),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--ledger",
+        ledger,
+        env={
+            "FEDROUTER_LEDGER_DURABLE": "true" if durable else "false",
+            **({"FEDROUTER_KEYS_DB": keys_db} if keys_db else {}),
+        },
+    )
     wait_ready(port, "/healthz", proc)
     return proc, port, time.perf_counter() - began
 
 
 def create_key(config: Path, ledger: str) -> str:
-    out = subprocess.run(["fedrouter", "keys", "create", "--tenant", "bench", "--config", str(config),
-                          "--ledger", ledger], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        ["fedrouter", "keys", "create", "--tenant", "bench", "--config", str(config), "--ledger", ledger],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -231,18 +258,23 @@ def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], ttfb: dict[str, 
     for t in TARGETS:
         c64, c1 = runs["c64"][t], runs["c1"][t]
         quantiles = statistics.quantiles(ttfb[t], n=100, method="inclusive")
-        per[t] = {"rps_c64": statistics.median(r["rps"] for r in c64),
-                  "p50_ms": statistics.median(r["p50_us"] for r in c1) / 1000,
-                  "p99_ms": statistics.median(r["p99_us"] for r in c1) / 1000,
-                  "ttfb_p50_ms": quantiles[49] * 1000, "ttfb_p99_ms": quantiles[98] * 1000,
-                  "c1_requests": [r["requests"] for r in c1],
-                  "failed": sum(r["non2xx"] + r["errors"] for r in c64 + c1)}
+        per[t] = {
+            "rps_c64": statistics.median(r["rps"] for r in c64),
+            "p50_ms": statistics.median(r["p50_us"] for r in c1) / 1000,
+            "p99_ms": statistics.median(r["p99_us"] for r in c1) / 1000,
+            "ttfb_p50_ms": quantiles[49] * 1000,
+            "ttfb_p99_ms": quantiles[98] * 1000,
+            "c1_requests": [r["requests"] for r in c1],
+            "failed": sum(r["non2xx"] + r["errors"] for r in c64 + c1),
+        }
     return per
 
 
 def table(per: dict[str, dict[str, Any]], goals: dict[str, float]) -> str:
-    rows = ["| figure | direct | minimal proxy | fedrouter | fedrouter, ledger not awaited |",
-            "|---|---:|---:|---:|---:|"]
+    rows = [
+        "| figure | direct | minimal proxy | fedrouter | fedrouter, ledger not awaited |",
+        "|---|---:|---:|---:|---:|",
+    ]
     rows += [f"| {label} | " + " | ".join(format(per[t][key], fmt) for t in TARGETS) + " |" for key, label, fmt in ROWS]
     rows += ["", "| target | fedrouter | goal | met |", "|---|---:|---:|:---:|"]
     for key, value in goals.items():
@@ -254,14 +286,40 @@ def table(per: dict[str, dict[str, Any]], goals: dict[str, float]) -> str:
 
 def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
     sim_port = free_port()
-    sim = procs.spawn("sim", sys.executable, "-m", "router.sim", "--host", HOST, "--port", str(sim_port),
-                      "--name", "bench", "--model", MODEL)
+    sim = procs.spawn(
+        "sim",
+        sys.executable,
+        "-m",
+        "router.sim",
+        "--host",
+        HOST,
+        "--port",
+        str(sim_port),
+        "--name",
+        "bench",
+        "--model",
+        MODEL,
+    )
     wait_ready(sim_port, "/v1/models", sim)
     config, ledger = tmp / "bench.yaml", f"sqlite:///{tmp / 'ledger.db'}"
-    config.write_text(json.dumps({  # JSON is YAML
-        "backends": [{"name": "up", "class": "datacenter", "type": "openai", "base_url": f"http://{HOST}:{sim_port}/v1",
-                      "models": [MODEL], "price": {"input": 0.1, "output": 0.2}, "energy": {"joules_per_token": 0.5}}],
-        "tenants": [{"name": "bench", "policy": "balanced"}]}))
+    config.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "backends": [
+                    {
+                        "name": "up",
+                        "class": "datacenter",
+                        "type": "openai",
+                        "base_url": f"http://{HOST}:{sim_port}/v1",
+                        "models": [MODEL],
+                        "price": {"input": 0.1, "output": 0.2},
+                        "energy": {"joules_per_token": 0.5},
+                    }
+                ],
+                "tenants": [{"name": "bench", "policy": "balanced"}],
+            }
+        )
+    )
     key = create_key(config, ledger)
     ready_s: list[float] = []
     for _ in range(3):  # the third gateway stays up for the measurements
@@ -270,12 +328,22 @@ def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
         if len(ready_s) < 3:
             procs.stop(gateway)
     proxy_port = free_port()
-    proxy = procs.spawn("minimal", sys.executable, str(BENCH / "minimal_proxy.py"), "--host", HOST,
-                        "--port", str(proxy_port), "--upstream", f"http://{HOST}:{sim_port}")
+    proxy = procs.spawn(
+        "minimal",
+        sys.executable,
+        str(BENCH / "minimal_proxy.py"),
+        "--host",
+        HOST,
+        "--port",
+        str(proxy_port),
+        "--upstream",
+        f"http://{HOST}:{sim_port}",
+    )
     wait_ready(proxy_port, "/v1/models", proxy)
     # Its own ledger file, the same keys: the two gateways must not share one SQLite writer.
-    _, nowait_port, _ = start_gateway(procs, config, f"sqlite:///{tmp / 'ledger-nowait.db'}", durable=False,
-                                      keys_db=str(tmp / "ledger.db"))
+    _, nowait_port, _ = start_gateway(
+        procs, config, f"sqlite:///{tmp / 'ledger-nowait.db'}", durable=False, keys_db=str(tmp / "ledger.db")
+    )
     ports = {"direct": sim_port, "minimal": proxy_port, "fedrouter": gateway_port, "fedrouter_nowait": nowait_port}
     urls = {t: f"http://{HOST}:{p}/v1/chat/completions" for t, p in ports.items()}
     check_targets(ports, key)
@@ -297,10 +365,19 @@ def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
         "ready_s": statistics.median(ready_s),
         "durable_cost_p50_ms": f["p50_ms"] - nowait["p50_ms"],
     }
-    return {"mode": mode.__dict__, "targets": per, "goals": goals, "ready_s_samples": ready_s,
-            "stream_request": STREAM, "stream_behavior": STREAM_BEHAVIOR, "chat_request": CHAT,
-            "raw": runs, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
-            "loadavg_at_end": os.getloadavg()}  # others' work on the machine skews every figure
+    return {
+        "mode": mode.__dict__,
+        "targets": per,
+        "goals": goals,
+        "ready_s_samples": ready_s,
+        "stream_request": STREAM,
+        "stream_behavior": STREAM_BEHAVIOR,
+        "chat_request": CHAT,
+        "raw": runs,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpus": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(),
+    }  # others' work on the machine skews every figure
 
 
 def main() -> None:

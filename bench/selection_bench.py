@@ -35,19 +35,25 @@ SMALL = 4
 SHAPE = RequestShape(200, 256)
 
 
-def federation(n: int, per_model: int | None,
-               rng: random.Random) -> tuple[list[BackendInfo], dict[str, list[str]]]:
+def federation(n: int, per_model: int | None, rng: random.Random) -> tuple[list[BackendInfo], dict[str, list[str]]]:
     """``n`` backends; model ``m0`` is served by at most ``per_model`` of them, or all (None)."""
     models = max(1, n // (per_model or n))
     infos, groups = [], {}
     for i in range(n):
         served = {f"m{i % models}"}
         name = f"b{i}"
-        infos.append(BackendInfo(
-            name, CLASSES[i % 3], "openai", {m: m for m in served}, zone=ZONES[i % len(ZONES)],
-            prices={m: (rng.uniform(0, 5), rng.uniform(0, 15)) for m in served},
-            joules_per_token=rng.uniform(0.1, 2.0), max_concurrency=64,
-        ))
+        infos.append(
+            BackendInfo(
+                name,
+                CLASSES[i % 3],
+                "openai",
+                {m: m for m in served},
+                zone=ZONES[i % len(ZONES)],
+                prices={m: (rng.uniform(0, 5), rng.uniform(0, 15)) for m in served},
+                joules_per_token=rng.uniform(0.1, 2.0),
+                max_concurrency=64,
+            )
+        )
         for m in served:
             groups.setdefault(m, []).append(name)
     return infos, groups
@@ -119,8 +125,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     budget = 0.3 if args.quick else 2.0
-    print("| registered backends | case | candidates for the model | median µs | p99 µs (per batch) "
-          "| median µs with the decision record | plan that rebuilds the ranking, ms |")
+    print(
+        "| registered backends | case | candidates for the model | median µs | p99 µs (per batch) "
+        "| median µs with the decision record | plan that rebuilds the ranking, ms |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|")
     cases = {"small": SMALL, "realistic": PER_MODEL, "worst (all serve it)": None}
     for n in (10, 100, 1_000, 10_000):

@@ -27,17 +27,37 @@ import run as bench  # bench/run.py: run as ``python bench/ttfb_ab.py``, its fol
 ROOT = bench.BENCH.parent
 
 
-def start_tree_gateway(procs: bench.Processes, tree: Path, name: str, config: Path, ledger: str,
-                       keys_db: str) -> int:
-    where = subprocess.run([sys.executable, "-P", "-c", "import router; print(router.__file__)"], check=True,
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)}).stdout.strip()
+def start_tree_gateway(procs: bench.Processes, tree: Path, name: str, config: Path, ledger: str, keys_db: str) -> int:
+    where = subprocess.run(
+        [sys.executable, "-P", "-c", "import router; print(router.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+    ).stdout.strip()
     if not Path(where).resolve().is_relative_to(tree):
         raise RuntimeError(f"the {name} gateway would import {where}, not the code in {tree}")
     port = bench.free_port()
     # -P: no working directory on sys.path ahead of PYTHONPATH, or both gateways would run the code there.
-    proc = procs.spawn(name, sys.executable, "-P", "-c", "from router.cli import main; main()", "serve", "--config",
-                       str(config), "--host", bench.HOST, "--port", str(port), "--workers", "1", "--ledger", ledger,
-                       env={"PYTHONPATH": str(tree), "FEDROUTER_KEYS_DB": keys_db})
+    proc = procs.spawn(
+        name,
+        sys.executable,
+        "-P",
+        "-c",
+        "from router.cli import main; main()",
+        "serve",
+        "--config",
+        str(config),
+        "--host",
+        bench.HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--ledger",
+        ledger,
+        env={"PYTHONPATH": str(tree), "FEDROUTER_KEYS_DB": keys_db},
+    )
     bench.wait_ready(port, "/healthz", proc)
     return port
 
@@ -58,24 +78,67 @@ async def interleaved(urls: dict[str, str], key: str, n: int, warmup: int = 20) 
 
 def measure(old: Path, new: Path, n: int, tmp: Path, procs: bench.Processes) -> dict[str, list[float]]:
     sim_port = bench.free_port()
-    sim = procs.spawn("sim", sys.executable, "-m", "router.sim", "--host", bench.HOST, "--port", str(sim_port),
-                      "--name", "bench", "--model", bench.MODEL)
+    sim = procs.spawn(
+        "sim",
+        sys.executable,
+        "-m",
+        "router.sim",
+        "--host",
+        bench.HOST,
+        "--port",
+        str(sim_port),
+        "--name",
+        "bench",
+        "--model",
+        bench.MODEL,
+    )
     bench.wait_ready(sim_port, "/v1/models", sim)
     config, keys_db = tmp / "bench.yaml", tmp / "keys.db"
-    config.write_text(json.dumps({
-        "backends": [{"name": "up", "class": "datacenter", "type": "openai",
-                      "base_url": f"http://{bench.HOST}:{sim_port}/v1", "models": [bench.MODEL],
-                      "price": {"input": 0.1, "output": 0.2}, "energy": {"joules_per_token": 0.5}}],
-        "tenants": [{"name": "bench", "policy": "balanced"}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "backends": [
+                    {
+                        "name": "up",
+                        "class": "datacenter",
+                        "type": "openai",
+                        "base_url": f"http://{bench.HOST}:{sim_port}/v1",
+                        "models": [bench.MODEL],
+                        "price": {"input": 0.1, "output": 0.2},
+                        "energy": {"joules_per_token": 0.5},
+                    }
+                ],
+                "tenants": [{"name": "bench", "policy": "balanced"}],
+            }
+        )
+    )
     key = bench.create_key(config, f"sqlite:///{keys_db}")
     ports = {"direct": sim_port}
     ports["minimal"] = bench.free_port()
-    proxy = procs.spawn("minimal", sys.executable, str(bench.BENCH / "minimal_proxy.py"), "--host", bench.HOST,
-                        "--port", str(ports["minimal"]), "--upstream", f"http://{bench.HOST}:{sim_port}")
+    proxy = procs.spawn(
+        "minimal",
+        sys.executable,
+        str(bench.BENCH / "minimal_proxy.py"),
+        "--host",
+        bench.HOST,
+        "--port",
+        str(ports["minimal"]),
+        "--upstream",
+        f"http://{bench.HOST}:{sim_port}",
+    )
     bench.wait_ready(ports["minimal"], "/v1/models", proxy)
     ports["tcp_relay"] = bench.free_port()
-    relay = procs.spawn("tcp_relay", sys.executable, str(bench.BENCH / "tcp_relay.py"), "--host", bench.HOST,
-                        "--port", str(ports["tcp_relay"]), "--upstream-port", str(sim_port))
+    relay = procs.spawn(
+        "tcp_relay",
+        sys.executable,
+        str(bench.BENCH / "tcp_relay.py"),
+        "--host",
+        bench.HOST,
+        "--port",
+        str(ports["tcp_relay"]),
+        "--upstream-port",
+        str(sim_port),
+    )
     bench.wait_ready(ports["tcp_relay"], "/v1/models", relay)
     for name, tree in (("new", new), ("old", old)):  # each its own ledger: two SQLite writers must not share one
         ports[name] = start_tree_gateway(procs, tree, name, config, f"sqlite:///{tmp / f'{name}.db'}", str(keys_db))

@@ -197,8 +197,9 @@ class Table:
 
     __slots__ = ("_columns", "names", "params")
 
-    def __init__(self, names: Sequence[str], params: Sequence[tuple[Sequence[float | None], float, float | None]]
-                 ) -> None:
+    def __init__(
+        self, names: Sequence[str], params: Sequence[tuple[Sequence[float | None], float, float | None]]
+    ) -> None:
         self.names = names
         self.params = params
         self._columns: list[tuple[str, list[float]]] | None = None
@@ -222,8 +223,14 @@ class Scored:
 
     __slots__ = ("_index", "_parts", "_table", "candidate", "score")
 
-    def __init__(self, candidate: Candidate, score: float, parts: dict[str, float] | None = None,
-                 table: Table | None = None, index: int = 0) -> None:
+    def __init__(
+        self,
+        candidate: Candidate,
+        score: float,
+        parts: dict[str, float] | None = None,
+        table: Table | None = None,
+        index: int = 0,
+    ) -> None:
         self.candidate = candidate
         self.score = score
         self._parts = parts

@@ -20,8 +20,9 @@ def allowed_classes(policy: PolicySpec, allow_volunteer: bool) -> frozenset[str]
 
 def constraints(policy: PolicySpec, allow_volunteer: bool) -> Constraints:
     """A tenant's policy as the constraints every one of its requests starts from."""
-    return Constraints(allowed_classes(policy, allow_volunteer), policy.zones, policy.max_price,
-                       policy.max_carbon_g, policy.min_trust)
+    return Constraints(
+        allowed_classes(policy, allow_volunteer), policy.zones, policy.max_price, policy.max_carbon_g, policy.min_trust
+    )
 
 
 def request_cost(c: Candidate, req: RequestShape) -> float | None:
@@ -99,8 +100,9 @@ def _price(c: Candidate, cons: Constraints, req: RequestShape) -> str | None:
     return None
 
 
-def split(candidates: Iterable[Candidate], cons: Constraints,
-          req: RequestShape) -> tuple[list[Candidate], dict[str, str]]:
+def split(
+    candidates: Iterable[Candidate], cons: Constraints, req: RequestShape
+) -> tuple[list[Candidate], dict[str, str]]:
     """Admissible candidates, and the reason each other one was filtered out."""
     kept: list[Candidate] = []
     rejected: dict[str, str] = {}

@@ -78,15 +78,19 @@ def _costs(cands: Sequence[Candidate], req: RequestShape) -> list[tuple[float | 
     """Per candidate, the cost of every scorer in ``SCORER_NAMES`` order: latency, price,
     energy, carbon, load, trust (``policies.scorers`` says what each means)."""
     i, o = req.input_tokens, req.max_output_tokens
-    return [(
-        (PRIOR_TTFT_S if (s := c.stats).ttft_s is None else s.ttft_s) + o / (s.tokens_per_s or PRIOR_TOKENS_PER_S),
-        None if (p := c.profile).price_input is None or p.price_output is None
-        else (i * p.price_input + o * p.price_output) / 1e6,
-        (j := None if (e := c.energy).j_in is None or e.j_out is None else i * e.j_in + o * e.j_out),
-        None if j is None or (g := p.carbon_intensity) is None else j * g / J_PER_KWH,
-        s.inflight / (p.info.max_concurrency or PRIOR_CAPACITY),
-        1.0 - p.trust * (1.0 - s.error_rate),
-    ) for c in cands]
+    return [
+        (
+            (PRIOR_TTFT_S if (s := c.stats).ttft_s is None else s.ttft_s) + o / (s.tokens_per_s or PRIOR_TOKENS_PER_S),
+            None
+            if (p := c.profile).price_input is None or p.price_output is None
+            else (i * p.price_input + o * p.price_output) / 1e6,
+            (j := None if (e := c.energy).j_in is None or e.j_out is None else i * e.j_in + o * e.j_out),
+            None if j is None or (g := p.carbon_intensity) is None else j * g / J_PER_KWH,
+            s.inflight / (p.info.max_concurrency or PRIOR_CAPACITY),
+            1.0 - p.trust * (1.0 - s.error_rate),
+        )
+        for c in cands
+    ]
 
 
 def order(scored: list[Scored], exploration: float, draw: float) -> list[Scored]:

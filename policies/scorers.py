@@ -57,8 +57,12 @@ def throughput_cost(c: Candidate, req: RequestShape) -> float | None:
 
 
 SCORERS: dict[str, Scorer] = {
-    "latency": latency_cost, "price": price_cost, "energy": energy_cost,
-    "carbon": carbon_cost, "load": load_cost, "trust": trust_cost,
+    "latency": latency_cost,
+    "price": price_cost,
+    "energy": energy_cost,
+    "carbon": carbon_cost,
+    "load": load_cost,
+    "trust": trust_cost,
 }
 
 

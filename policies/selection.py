@@ -60,8 +60,7 @@ class Group:
 
     __slots__ = ("_index", "brief", "context", "keys", "last", "profiles", "rankings", "rejected")
 
-    def __init__(self, profiles: Sequence[Profile], keys: Sequence[str], rejected: dict[str, str],
-                 limit: int) -> None:
+    def __init__(self, profiles: Sequence[Profile], keys: Sequence[str], rejected: dict[str, str], limit: int) -> None:
         self.profiles = tuple(profiles)
         self.keys = tuple(keys)
         self.rejected = rejected  # every one, for the dry run
@@ -87,8 +86,9 @@ class Group:
             c = self.last[i] = Candidate(self.profiles[i], stats, energy)
         return c
 
-    def ranking(self, mix: Mix, req: RequestShape, clock: Callable[[], float], refresh_s: float, view: View,
-                estimate: Estimate) -> Ranking:
+    def ranking(
+        self, mix: Mix, req: RequestShape, clock: Callable[[], float], refresh_s: float, view: View, estimate: Estimate
+    ) -> Ranking:
         """The group ranked for this weighting, rebuilt (for this request's size) when older than
         ``refresh_s`` or, for a group so large that a rebuild takes longer than 1% of that,
         than 100 rebuilds."""
@@ -106,8 +106,10 @@ class Group:
 def rank(group: Group, mix: Mix, req: RequestShape, view: View, estimate: Estimate) -> tuple[list[int], list[int]]:
     """Every backend of the group, best first by its full score now, hard constraints aside (a
     backend ejected now is ranked too: it will be back); and those of them never measured."""
-    cands = [group.candidate(i, s, estimate(p, s))
-             for i, (p, s) in enumerate(zip(group.profiles, map(view, group.keys), strict=True))]
+    cands = [
+        group.candidate(i, s, estimate(p, s))
+        for i, (p, s) in enumerate(zip(group.profiles, map(view, group.keys), strict=True))
+    ]
     sums, _ = weigh(cands, req, mix)
     order = sorted(range(len(sums)), key=sums.__getitem__, reverse=True)
     return order, [i for i in order if cands[i].stats.ttft_s is None]
@@ -120,14 +122,28 @@ class Admitted(NamedTuple):
     examined: int
 
 
-def admit(group: Group, positions: Iterable[int], cons: Constraints, req: RequestShape, view: View,
-          estimate: Estimate, *, skip: frozenset[str] = frozenset(), want: int | None = None) -> Admitted:
+def admit(
+    group: Group,
+    positions: Iterable[int],
+    cons: Constraints,
+    req: RequestShape,
+    view: View,
+    estimate: Estimate,
+    *,
+    skip: frozenset[str] = frozenset(),
+    want: int | None = None,
+) -> Admitted:
     """The backends at ``positions`` (in that order) that may serve this request now, until
     ``want`` of them are found; ``skip`` names backends to pass over (``provider.ignore``)."""
     profiles, keys, last = group.profiles, group.keys, group.last
     # Only these constraints need the full check; the common request has none of them.
-    full = (group.context or bool(req.needs) or cons.max_price is not None or cons.max_carbon_g is not None
-            or cons.min_trust is not None)
+    full = (
+        group.context
+        or bool(req.needs)
+        or cons.max_price is not None
+        or cons.max_carbon_g is not None
+        or cons.min_trust is not None
+    )
     fits = filters.fits
     kept: list[int] = []
     cands: list[Candidate] = []
@@ -160,8 +176,17 @@ def admit(group: Group, positions: Iterable[int], cons: Constraints, req: Reques
     return Admitted(kept, cands, busy, examined)
 
 
-def explore(group: Group, ranking: Ranking, taken: Iterable[int], cons: Constraints, req: RequestShape,
-            view: View, estimate: Estimate, budget: int, skip: frozenset[str] = frozenset()) -> Admitted:
+def explore(
+    group: Group,
+    ranking: Ranking,
+    taken: Iterable[int],
+    cons: Constraints,
+    req: RequestShape,
+    view: View,
+    estimate: Estimate,
+    budget: int,
+    skip: frozenset[str] = frozenset(),
+) -> Admitted:
     """The best backend still unmeasured and admissible, looking at most ``budget`` far."""
     seen = set(taken)
     todo = (i for i in ranking.unmeasured[:budget] if i not in seen and view(group.keys[i]).ttft_s is None)

@@ -201,8 +201,12 @@ class _Connection(asyncio.Protocol):
             await asyncio.wait_for(asyncio.shield(self.drained), within)
 
     def usable(self, now: float, keepalive_s: float) -> bool:
-        return not self.lost and self.transport is not None and not self.transport.is_closing() \
+        return (
+            not self.lost
+            and self.transport is not None
+            and not self.transport.is_closing()
             and now - self.idle_since < keepalive_s
+        )
 
     def close(self) -> None:
         if self.transport is not None:
@@ -296,8 +300,16 @@ class Response:
 class Pool:
     """Keep-alive connections to one origin, most recently used first."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], *, connect_timeout: float = 5.0,
-                 keepalive_s: float = 30.0, max_idle: int = 512, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        *,
+        connect_timeout: float = 5.0,
+        keepalive_s: float = 30.0,
+        max_idle: int = 512,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.origin = Origin(base_url)
         self._ticker = Ticker()  # the read timeouts of every connection of this pool
         self._ssl = (ssl_context or ssl.create_default_context()) if self.origin.tls else None
@@ -311,8 +323,10 @@ class Pool:
     def head(self, path: str, headers: dict[str, str] | None = None) -> bytes:
         """The request line and headers up to Content-Length, built once per kind of request."""
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        return (f"POST {self.origin.path}/{path} HTTP/1.1\r\nhost: {self.origin.authority}\r\n"
-                f"{self._static}{extra}content-length: ").encode("latin-1")
+        return (
+            f"POST {self.origin.path}/{path} HTTP/1.1\r\nhost: {self.origin.authority}\r\n"
+            f"{self._static}{extra}content-length: "
+        ).encode("latin-1")
 
     async def post(self, head: bytes, body: bytes, within: float | None) -> Response:
         """Send one request (``head`` from ``head()``) and wait up to ``within`` s for its headers."""
@@ -357,8 +371,12 @@ class Pool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop, self._open.discard, self._ticker), origin.host, origin.port,
-                    ssl=self._ssl, server_hostname=origin.host if self._ssl is not None else None)
+                    lambda: _Connection(loop, self._open.discard, self._ticker),
+                    origin.host,
+                    origin.port,
+                    ssl=self._ssl,
+                    server_hostname=origin.host if self._ssl is not None else None,
+                )
         except TimeoutError:
             raise HttpError(f"could not connect to {origin.authority} within {self._connect_timeout:g} s") from None
         except (OSError, ssl.SSLError) as exc:

@@ -27,13 +27,39 @@ Json = dict[str, Any]
 
 # The only request fields passed on: OpenAI's parameters that litellm translates per provider. Any
 # other key in a client's body (api_base, api_key, mock_response ...) would steer litellm itself.
-_CHAT_PARAMS = frozenset({
-    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
-    "max_completion_tokens", "max_tokens", "modalities", "n", "parallel_tool_calls", "prediction",
-    "presence_penalty", "prompt_cache_key", "prompt_cache_retention", "reasoning_effort", "response_format",
-    "safety_identifier", "seed", "service_tier", "stop", "temperature", "tool_choice", "tools", "top_logprobs",
-    "top_p", "user", "verbosity", "web_search_options",
-})
+_CHAT_PARAMS = frozenset(
+    {
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "modalities",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    }
+)
 _EMBEDDING_PARAMS = frozenset({"dimensions", "user"})
 # litellm drops what a provider lacks (drop_params), so that the seed or presence_penalty many clients
 # send by habit does not fail the request. Dropping these would change the answer's shape instead, so
@@ -115,8 +141,11 @@ class LiteLLMProvider:
         try:
             async with asyncio.timeout_at(min(first_due, end)):
                 chunks = await self._llm.acompletion(
-                    model=payload["model"], messages=payload.get("messages"), stream=True,
-                    stream_options={"include_usage": True}, **kwargs,
+                    model=payload["model"],
+                    messages=payload.get("messages"),
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **kwargs,
                 )
         except TimeoutError:
             raise ProviderError("timeout", f"{self.info.name}: no response within the time limit") from None
@@ -169,8 +198,11 @@ class LiteLLMProvider:
             raise ProviderError("protocol", f"{self.info.name}: unexpected answer from litellm: {exc!r}") from exc
 
     def _unsupported(self, endpoint: str) -> ProviderError:
-        what = (f"/v1/{endpoint} cannot be streamed" if endpoint != "completions" else
-                "legacy completions (/v1/completions) are not supported for litellm backends; use /v1/chat/completions")
+        what = (
+            f"/v1/{endpoint} cannot be streamed"
+            if endpoint != "completions"
+            else "legacy completions (/v1/completions) are not supported for litellm backends; use /v1/chat/completions"
+        )
         message = f"{self.info.name}: {what}"
         body = _error_body(message, 400, None, "unsupported_endpoint")
         return ProviderError("status", message, status=400, body=body)
@@ -199,8 +231,16 @@ class ChunkStream:
     """litellm's chunks as OpenAI ``chat.completion.chunk`` JSON payloads; the usage arrives as a
     chunk of its own with no choices. Deadlines: the first chunk, each next one, and the whole."""
 
-    def __init__(self, chunks: Any, failure: Callable[[BaseException], ProviderError], backend: str, *,
-                 first_due: float, idle: float, end: float) -> None:
+    def __init__(
+        self,
+        chunks: Any,
+        failure: Callable[[BaseException], ProviderError],
+        backend: str,
+        *,
+        first_due: float,
+        idle: float,
+        end: float,
+    ) -> None:
         self.headers: dict[str, str] = {}
         self._chunks = chunks
         self._failure = failure
@@ -254,8 +294,13 @@ def _chat_completion(raw: Json) -> Json:
         }
         for i, choice in enumerate(raw.get("choices") or [])
     ]
-    data = {"id": raw["id"], "object": "chat.completion", "created": raw["created"], "model": raw["model"],
-            "choices": choices}
+    data = {
+        "id": raw["id"],
+        "object": "chat.completion",
+        "created": raw["created"],
+        "model": raw["model"],
+        "choices": choices,
+    }
     if (usage := _usage(raw.get("usage"))) is not None:
         data["usage"] = usage
     return data
@@ -298,8 +343,12 @@ def _chunk_choice(raw: Json, opened: set[int]) -> Json:
         delta["content"] = content
     if calls := [_tool_call_delta(call, i) for i, call in enumerate(given.get("tool_calls") or [])]:
         delta["tool_calls"] = calls
-    return {"index": index, "delta": delta, "logprobs": _logprobs(raw.get("logprobs")),
-            "finish_reason": _finish(raw.get("finish_reason"))}
+    return {
+        "index": index,
+        "delta": delta,
+        "logprobs": _logprobs(raw.get("logprobs")),
+        "finish_reason": _finish(raw.get("finish_reason")),
+    }
 
 
 def _tool_call_delta(raw: Json, position: int) -> Json:
@@ -323,8 +372,12 @@ def _embedding_list(raw: Json, as_base64: bool) -> Json:
     usage = raw.get("usage") or {}
     prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
     total = usage.get("total_tokens") if isinstance(usage.get("total_tokens"), int) else prompt
-    return {"object": "list", "data": data, "model": raw["model"],
-            "usage": {"prompt_tokens": prompt, "total_tokens": total}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": raw["model"],
+        "usage": {"prompt_tokens": prompt, "total_tokens": total},
+    }
 
 
 def _vector(values: Any, as_base64: bool) -> Any:
@@ -340,8 +393,11 @@ def _usage(raw: Any) -> Json | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     total = raw.get("total_tokens")
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": total if isinstance(total, int) else prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total if isinstance(total, int) else prompt + completion,
+    }
 
 
 def _finish(reason: Any) -> str | None:
@@ -395,4 +451,3 @@ def _retry_after(exc: BaseException) -> float | None:
             if (value := headers.get(name)) is not None:
                 return float(value) * scale
     return None
-

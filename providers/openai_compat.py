@@ -35,9 +35,11 @@ class OpenAICompatProvider:
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         self._pool = Pool(base_url, headers, connect_timeout=connect_timeout)
-        self._heads = {(endpoint, stream): self._pool.head(endpoint, {"accept": _SSE if stream else _JSON})
-                       for endpoint in ("chat/completions", "completions", "embeddings")
-                       for stream in (False, True)}
+        self._heads = {
+            (endpoint, stream): self._pool.head(endpoint, {"accept": _SSE if stream else _JSON})
+            for endpoint in ("chat/completions", "completions", "embeddings")
+            for stream in (False, True)
+        }
         self._total = total_timeout
         self._first_token = first_token_timeout
         self._idle = idle_timeout
@@ -45,8 +47,9 @@ class OpenAICompatProvider:
     async def _post(self, request: UpstreamRequest, *, stream: bool) -> Response:
         body = request.raw if request.raw is not None else orjson.dumps(request.payload)
         try:
-            resp = await self._pool.post(self._heads[request.endpoint, stream], body,
-                                         self._first_token if stream else self._total)
+            resp = await self._pool.post(
+                self._heads[request.endpoint, stream], body, self._first_token if stream else self._total
+            )
         except TimeoutError:
             raise ProviderError("timeout", f"{self.info.name}: no response within the time limit") from None
         except HttpError as exc:
@@ -74,8 +77,9 @@ class OpenAICompatProvider:
         try:
             body = await resp.read(max(0.0, end - loop_time()))  # the whole answer within total
         except TimeoutError:
-            raise ProviderError("timeout", f"{self.info.name}: the answer took longer than {self._total:g} s "
-                                "(timeouts.total)") from None
+            raise ProviderError(
+                "timeout", f"{self.info.name}: the answer took longer than {self._total:g} s (timeouts.total)"
+            ) from None
         except HttpError as exc:
             raise ProviderError("connect", f"{self.info.name}: reading the answer failed: {exc}") from None
         finally:
@@ -85,15 +89,17 @@ class OpenAICompatProvider:
         except orjson.JSONDecodeError:
             raise ProviderError("protocol", f"{self.info.name}: answered with invalid JSON") from None
         if not isinstance(data, dict) or "error" in data or not isinstance(data.get(_RESULT[request.endpoint]), list):
-            raise ProviderError("protocol", f"{self.info.name}: answered 200 without a result "
-                                f"(no '{_RESULT[request.endpoint]}' list)")
+            raise ProviderError(
+                "protocol", f"{self.info.name}: answered 200 without a result (no '{_RESULT[request.endpoint]}' list)"
+            )
         return UpstreamResponse(body=body, data=data, headers=_power_header(resp))
 
     async def stream(self, request: UpstreamRequest) -> SSEStream:
         started = asyncio.get_running_loop().time()
         resp = await self._post(request, stream=True)
-        return SSEStream(resp, self.info.name, first_due=started + self._first_token, idle=self._idle,
-                         end=started + self._total)
+        return SSEStream(
+            resp, self.info.name, first_due=started + self._first_token, idle=self._idle, end=started + self._total
+        )
 
     async def close(self) -> None:
         await self._pool.close()
@@ -153,7 +159,7 @@ class SSEStream:
             fresh = False
             while (at := buf.find(b"\n\n")) >= 0:
                 payload = _data_of(buf[:at])
-                buf = buf[at + 2:]
+                buf = buf[at + 2 :]
                 if payload is None:
                     continue  # a comment or an event without data
                 if payload == b"[DONE]":
@@ -209,4 +215,3 @@ def _retry_after(value: str | None) -> float | None:
 def _power_header(resp: Response) -> dict[str, str]:
     power = resp.headers.get("x-power-watts")
     return {"x-power-watts": power} if power is not None else {}
-

@@ -69,8 +69,11 @@ async def _on_validation_error(_: Request, exc: Exception) -> Response:
 
 async def _on_unexpected(_: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
-    return Response(error_body("The server had an error while processing your request.", "server_error"),
-                    status_code=500, media_type="application/json")
+    return Response(
+        error_body("The server had an error while processing your request.", "server_error"),
+        status_code=500,
+        media_type="application/json",
+    )
 
 
 def _front(inner: ASGIApp, gateway: Gateway, max_concurrency: int | None) -> ASGIApp:
@@ -108,15 +111,28 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
     # A request's limits and budget reservation are held at most this long by a gateway that died.
     lease_s = max(b.timeouts.total for b in config.backends) + 60.0
     admission = open_admission(settings.state, settings.state_prefix + "adm:", ledger, lease_s)
-    tenancy = Tenancy(config, keys, settings.key_cache_s,
-                      limits_per_process=settings.workers > 1 and settings.state is None)
+    tenancy = Tenancy(
+        config, keys, settings.key_cache_s, limits_per_process=settings.workers > 1 and settings.state is None
+    )
     gateway = Gateway(
-        tenancy=tenancy, admission=admission,
-        planner=Planner((p.info for p in providers.values()), stats, config.routing.exploration, random.Random(),
-                        config=config, consider=config.routing.consider),
+        tenancy=tenancy,
+        admission=admission,
+        planner=Planner(
+            (p.info for p in providers.values()),
+            stats,
+            config.routing.exploration,
+            random.Random(),
+            config=config,
+            consider=config.routing.consider,
+        ),
         dispatcher=Dispatcher(providers, stats, config.routing, metrics),
-        stats=stats, ledger=ledger, metrics=metrics, tokens=tokens, providers=providers,
-        stream_usage=stream_usage_backends(config), max_body_bytes=config.limits.max_body_bytes,
+        stats=stats,
+        ledger=ledger,
+        metrics=metrics,
+        tokens=tokens,
+        providers=providers,
+        stream_usage=stream_usage_backends(config),
+        max_body_bytes=config.limits.max_body_bytes,
     )
 
     @asynccontextmanager
@@ -142,8 +158,9 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
             keys.close()
 
     # No redirect for a trailing slash: Starlette's would send the client to its own Host header.
-    app = GatewayApp(title="fedrouter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
-                     redirect_slashes=False)
+    app = GatewayApp(
+        title="fedrouter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False
+    )
     app.state.gateway = gateway
     app.state.keys = keys
     app.state.settings = settings
@@ -166,7 +183,11 @@ def _stats_book(config: FederationConfig, settings: Settings) -> StatsBook:
             groups.setdefault(model, []).append(b.name)
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     store = open_store(settings.state, settings.state_prefix, replica)
-    return StatsBook(store, EjectionPolicy.of(config.routing), groups,
-                     count_window_s=config.routing.retry_budget.window_s,
-                     # A store in this process has no other replica whose ejections could be missed.
-                     freshness_s=settings.state_freshness_ms / 1000 if settings.state else math.inf)
+    return StatsBook(
+        store,
+        EjectionPolicy.of(config.routing),
+        groups,
+        count_window_s=config.routing.retry_budget.window_s,
+        # A store in this process has no other replica whose ejections could be missed.
+        freshness_s=settings.state_freshness_ms / 1000 if settings.state else math.inf,
+    )

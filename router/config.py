@@ -233,8 +233,10 @@ class RoutingConfig(_Strict):
     @model_validator(mode="after")
     def _consider_covers_attempts(self) -> RoutingConfig:
         if self.consider < self.max_attempts:
-            raise ValueError(f"consider ({self.consider}) must be at least max_attempts "
-                             f"({self.max_attempts}): fewer backends considered would cut fallback short")
+            raise ValueError(
+                f"consider ({self.consider}) must be at least max_attempts "
+                f"({self.max_attempts}): fewer backends considered would cut fallback short"
+            )
         return self
 
 
@@ -298,8 +300,11 @@ def _check_fallbacks(config: FederationConfig) -> None:
     """Fallback models must exist, and following them must never come back to where it started."""
     known = {m for b in config.backends for m in b.model_map()}
     graphs = [("fallback_models", config.fallback_models)]
-    graphs += [(f"tenants[{t.name}].fallback_models", {**config.fallback_models, **spec.fallback_models})
-               for t in config.tenants if (spec := t.policy_spec()).fallback_models]
+    graphs += [
+        (f"tenants[{t.name}].fallback_models", {**config.fallback_models, **spec.fallback_models})
+        for t in config.tenants
+        if (spec := t.policy_spec()).fallback_models
+    ]
     for where, graph in graphs:
         for model, fallbacks in graph.items():
             for m in (model, *fallbacks):
@@ -314,7 +319,7 @@ def _check_fallbacks(config: FederationConfig) -> None:
 def _cycle(graph: Mapping[str, Sequence[str]], path: list[str]) -> list[str] | None:
     for nxt in graph.get(path[-1], ()):
         if nxt in path:
-            return [*path[path.index(nxt):], nxt]
+            return [*path[path.index(nxt) :], nxt]
         found = _cycle(graph, [*path, nxt])
         if found:
             return found

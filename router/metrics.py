@@ -16,30 +16,40 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "fedrouter_requests", "Requests answered, by route, model, backend and outcome.",
-            ["route", "model", "backend", "outcome"], registry=r,
+            "fedrouter_requests",
+            "Requests answered, by route, model, backend and outcome.",
+            ["route", "model", "backend", "outcome"],
+            registry=r,
         )
         self.duration = Histogram(
-            "fedrouter_request_duration_seconds", "Time from request to last byte.",
-            ["route", "backend"], buckets=_LATENCY_BUCKETS, registry=r,
+            "fedrouter_request_duration_seconds",
+            "Time from request to last byte.",
+            ["route", "backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.ttft = Histogram(
-            "fedrouter_ttft_seconds", "Time to first token of streamed responses.",
-            ["backend"], buckets=_LATENCY_BUCKETS, registry=r,
+            "fedrouter_ttft_seconds",
+            "Time to first token of streamed responses.",
+            ["backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
-        self.tokens = Counter("fedrouter_tokens", "Tokens, by backend and direction (input/output).",
-                              ["backend", "direction"], registry=r)
+        self.tokens = Counter(
+            "fedrouter_tokens", "Tokens, by backend and direction (input/output).", ["backend", "direction"], registry=r
+        )
         self.cost = Counter("fedrouter_cost_usd", "Cost billed, USD.", ["tenant", "backend"], registry=r)
-        self.energy = Counter("fedrouter_energy_wh", "Energy attributed, Wh.", ["backend", "backend_class"],
-                              registry=r)
-        self.attempts = Counter("fedrouter_upstream_attempts", "Upstream attempts, by result.",
-                                ["backend", "result"], registry=r)
-        self.backend_up = Gauge("fedrouter_backend_up", "1 if the backend is not ejected.",
-                                ["backend", "backend_class"], registry=r)
-        self.inflight = Gauge("fedrouter_inflight_requests", "Requests in flight per backend.",
-                              ["backend"], registry=r)
-        self.ledger_pending = Gauge("fedrouter_ledger_pending_records",
-                                    "Usage records queued but not yet committed.", registry=r)
+        self.energy = Counter("fedrouter_energy_wh", "Energy attributed, Wh.", ["backend", "backend_class"], registry=r)
+        self.attempts = Counter(
+            "fedrouter_upstream_attempts", "Upstream attempts, by result.", ["backend", "result"], registry=r
+        )
+        self.backend_up = Gauge(
+            "fedrouter_backend_up", "1 if the backend is not ejected.", ["backend", "backend_class"], registry=r
+        )
+        self.inflight = Gauge("fedrouter_inflight_requests", "Requests in flight per backend.", ["backend"], registry=r)
+        self.ledger_pending = Gauge(
+            "fedrouter_ledger_pending_records", "Usage records queued but not yet committed.", registry=r
+        )
         self._children: dict[tuple[str, ...], tuple[Any, ...]] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}
 

@@ -135,15 +135,23 @@ class Gateway:
 
 
 def backend_entry(sim: Sim, cls: str = "datacenter", **extra: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": sim.name, "class": cls, "type": "openai", "base_url": sim.base_url,
-                             "models": ["m1"], "price": {"input": 1.0, "output": 2.0},
-                             "energy": {"joules_per_token": 0.5}}
+    entry: dict[str, Any] = {
+        "name": sim.name,
+        "class": cls,
+        "type": "openai",
+        "base_url": sim.base_url,
+        "models": ["m1"],
+        "price": {"input": 1.0, "output": 2.0},
+        "energy": {"joules_per_token": 0.5},
+    }
     entry.update(extra)
     return entry
 
 
-DEFAULT_TENANTS = [{"name": "acme", "policy": "balanced", "allow_volunteer": True},
-                   {"name": "other", "policy": "balanced"}]
+DEFAULT_TENANTS = [
+    {"name": "acme", "policy": "balanced", "allow_volunteer": True},
+    {"name": "other", "policy": "balanced"},
+]
 
 
 @pytest.fixture
@@ -151,8 +159,7 @@ def start_gateway() -> Iterator[Callable[..., Gateway]]:
     running: list[Gateway] = []
     tmp = tempfile.TemporaryDirectory()
 
-    def start(backends: list[dict[str, Any]], tenants: list[dict[str, Any]] | None = None,
-              **top: Any) -> Gateway:
+    def start(backends: list[dict[str, Any]], tenants: list[dict[str, Any]] | None = None, **top: Any) -> Gateway:
         raw = {"backends": backends, "tenants": tenants or DEFAULT_TENANTS, **top}
         config = parse_config(raw)
         db_path = str(Path(tmp.name) / f"gw{len(running)}.db")

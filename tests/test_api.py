@@ -24,7 +24,8 @@ def gw(start_sim_backend, start_gateway):
 
 def test_chat_completion_non_streaming(gw):
     resp = gw.client().chat.completions.with_raw_response.create(
-        model="m1", messages=[{"role": "user", "content": "Say hello"}], max_tokens=5)
+        model="m1", messages=[{"role": "user", "content": "Say hello"}], max_tokens=5
+    )
     completion = resp.parse()
     assert completion.object == "chat.completion"
     assert completion.choices[0].message.role == "assistant"
@@ -36,8 +37,12 @@ def test_chat_completion_non_streaming(gw):
 
 def test_streaming_with_usage_has_exactly_one_usage_chunk(gw):
     stream = gw.client().chat.completions.create(
-        model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
-        stream_options={"include_usage": True})
+        model="m1",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     usage_chunks = [c for c in chunks if c.usage is not None]
     assert len(usage_chunks) == 1
@@ -50,8 +55,11 @@ def test_streaming_with_usage_has_exactly_one_usage_chunk(gw):
 
 
 def test_streaming_without_usage_has_no_usage_chunk_but_is_billed(gw):
-    raw = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), json={
-        "model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True})
+    raw = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        json={"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
+    )
     assert raw.status_code == 200
     assert raw.headers["content-type"].startswith("text/event-stream")
     frames = [f for f in raw.text.split("\n\n") if f]
@@ -67,9 +75,15 @@ def test_streaming_without_usage_has_no_usage_chunk_but_is_billed(gw):
 
 def test_stream_without_upstream_usage_is_counted_at_gateway(gw):
     gw.sims["dc1"].set(omit_usage=True)
-    chunks = list(gw.client().chat.completions.create(
-        model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        gw.client().chat.completions.create(
+            model="m1",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     validate(chunks[-1].model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
     row = gw.usage("acme")["recent"][0]
@@ -81,8 +95,14 @@ def test_stream_without_upstream_usage_is_counted_at_gateway(gw):
 def test_unknown_fields_and_tools_pass_through(gw):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     completion = gw.client().chat.completions.create(
-        model="m1", messages=[{"role": "user", "content": "weather?"}], tools=tools, seed=7, n=1,
-        response_format={"type": "text"}, extra_body={"top_k": 3, "x_custom": {"a": [1, 2]}})
+        model="m1",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=tools,
+        seed=7,
+        n=1,
+        response_format={"type": "text"},
+        extra_body={"top_k": 3, "x_custom": {"a": [1, 2]}},
+    )
     call = completion.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     body = gw.sims["dc1"].last_request()["body"]
@@ -92,8 +112,11 @@ def test_unknown_fields_and_tools_pass_through(gw):
 
 def test_streamed_tool_call_deltas(gw):
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
-    chunks = list(gw.client().chat.completions.create(
-        model="m1", messages=[{"role": "user", "content": "x"}], tools=tools, stream=True))
+    chunks = list(
+        gw.client().chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "x"}], tools=tools, stream=True
+        )
+    )
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert deltas[0].function.name == "lookup"
     assert "".join(d.function.arguments or "" for d in deltas) == '{"location": "Paris"}'
@@ -104,20 +127,21 @@ def test_streamed_tool_call_deltas(gw):
 async def test_async_client_streaming(gw):
     client = gw.async_client()
     stream = await client.chat.completions.create(
-        model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True)
+        model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True
+    )
     pieces = [c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content]
     assert len(pieces) == 3
     await client.close()
 
 
-
-
-
 def test_completions_endpoint(gw):
     completion = gw.client().completions.create(model="m1", prompt="Once upon", max_tokens=4)
     assert completion.object == "text_completion" and completion.usage.completion_tokens == 4
-    chunks = list(gw.client().completions.create(model="m1", prompt="Once", max_tokens=2, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        gw.client().completions.create(
+            model="m1", prompt="Once", max_tokens=2, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[-1].usage.completion_tokens == 2
 
 
@@ -127,15 +151,23 @@ def test_embeddings_base64_and_float(gw):
     assert gw.sims["dc1"].last_request()["body"]["encoding_format"] == "base64"
     floats = client.embeddings.create(model="embed-1", input=["a", "b"], encoding_format="float")
     assert len(default.data) == 2 and default.data[0].embedding == pytest.approx(floats.data[0].embedding)
-    raw = httpx.post(gw.url + "/v1/embeddings", headers=gw.auth(),
-                     json={"model": "embed-1", "input": "a", "encoding_format": "base64"}).json()
+    raw = httpx.post(
+        gw.url + "/v1/embeddings",
+        headers=gw.auth(),
+        json={"model": "embed-1", "input": "a", "encoding_format": "base64"},
+    ).json()
     decoded = struct.unpack(f"<{len(floats.data[0].embedding)}f", base64.b64decode(raw["data"][0]["embedding"]))
     assert list(decoded) == pytest.approx(floats.data[0].embedding)
     assert floats.usage.prompt_tokens > 0
     # The published schema describes the float form only; base64 is checked by decoding above.
-    validate(httpx.post(gw.url + "/v1/embeddings", headers=gw.auth(),
-                        json={"model": "embed-1", "input": "a", "encoding_format": "float"}).json(),
-             "CreateEmbeddingResponse")
+    validate(
+        httpx.post(
+            gw.url + "/v1/embeddings",
+            headers=gw.auth(),
+            json={"model": "embed-1", "input": "a", "encoding_format": "float"},
+        ).json(),
+        "CreateEmbeddingResponse",
+    )
 
 
 def test_models_list_and_retrieve(gw):
@@ -163,8 +195,9 @@ def test_models_list_and_retrieve(gw):
     ],
 )
 def test_bad_requests_get_openai_errors(gw, body, status, fragment):
-    resp = httpx.post(gw.url + "/v1/chat/completions", headers={**gw.auth(), "content-type": "application/json"},
-                      content=body)
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions", headers={**gw.auth(), "content-type": "application/json"}, content=body
+    )
     assert resp.status_code == status
     assert fragment in resp.json()["error"]["message"]
     assert resp.headers["x-should-retry"] == "false"
@@ -205,8 +238,11 @@ def test_unknown_route_and_method(gw):
     assert resp.status_code == 405 and resp.headers["allow"] == "POST"
     validate(resp.json(), "ErrorResponse")
     # A trailing slash is another URL, not a redirect to wherever the Host header points.
-    resp = httpx.post(gw.url + "/v1/chat/completions/", headers={**gw.auth(), "host": "evil.example"},
-                      json={"model": "m1", "messages": [{"role": "user", "content": "x"}]})
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions/",
+        headers={**gw.auth(), "host": "evil.example"},
+        json={"model": "m1", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url"
     assert "location" not in resp.headers and resp.headers["x-request-id"]
 

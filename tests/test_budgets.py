@@ -38,13 +38,16 @@ WORST_USD = (len(BODY) * DEAR["input"] + 50 * DEAR["output"]) / 1e6  # the body'
 # -- arithmetic -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("period", "now", "start"), [
-    ("daily", "2025-03-31T23:59:59", "2025-03-31T00:00:00"),
-    ("daily", "2025-04-01T00:00:00", "2025-04-01T00:00:00"),
-    ("monthly", "2025-12-31T12:00:00", "2025-12-01T00:00:00"),
-    ("monthly", "2026-01-01T00:00:01", "2026-01-01T00:00:00"),
-    ("total", "2025-06-15T10:00:00", None),
-])
+@pytest.mark.parametrize(
+    ("period", "now", "start"),
+    [
+        ("daily", "2025-03-31T23:59:59", "2025-03-31T00:00:00"),
+        ("daily", "2025-04-01T00:00:00", "2025-04-01T00:00:00"),
+        ("monthly", "2025-12-31T12:00:00", "2025-12-01T00:00:00"),
+        ("monthly", "2026-01-01T00:00:01", "2026-01-01T00:00:00"),
+        ("total", "2025-06-15T10:00:00", None),
+    ],
+)
 def test_periods_are_utc(period, now, start):
     ts = datetime.fromisoformat(now).replace(tzinfo=UTC).timestamp()
     got = period_start(period, ts)
@@ -53,11 +56,13 @@ def test_periods_are_utc(period, now, start):
 
 def test_lines_name_their_period_and_round_limits_down():
     ts = datetime(2025, 12, 31, 23, 0, tzinfo=UTC).timestamp()
-    got = lines([Budget(metric="usd", period="monthly", hard=0.3, soft=0.1), Budget(metric="kwh", period="total",
-                                                                                    soft=2)], ts)
+    got = lines(
+        [Budget(metric="usd", period="monthly", hard=0.3, soft=0.1), Budget(metric="kwh", period="total", soft=2)], ts
+    )
     assert [(x.key, x.hard, x.soft, x.since) for x in got] == [
         ("usd:monthly:2025-12", 300_000_000, 100_000_000, datetime(2025, 12, 1).date()),
-        ("kwh:total:total", None, 2 * NANO, None)]
+        ("kwh:total:total", None, 2 * NANO, None),
+    ]
     assert 0 < got[0].ttl_s < 3 * 86400 and got[1].ttl_s is None
 
 
@@ -91,13 +96,41 @@ _BUDGET = (Budget(metric="usd", period="total", hard=1.0, soft=0.5),)
 
 
 def _demand(usd: float, budgets: tuple[Budget, ...] = _BUDGET) -> Demand:
-    return Demand("req_" + secrets.token_hex(6), "acme", "key_a", RateLimits(), None, budgets, 10,
-                  Amounts(round(usd * NANO), 0, 0), False, time.time())
+    return Demand(
+        "req_" + secrets.token_hex(6),
+        "acme",
+        "key_a",
+        RateLimits(),
+        None,
+        budgets,
+        10,
+        Amounts(round(usd * NANO), 0, 0),
+        False,
+        time.time(),
+    )
 
 
 def _record(cost_usd: float, request_id: str = "req_x") -> UsageRecord:
-    return UsageRecord(request_id, time.time(), "acme", "dc1", "datacenter", None, "m1", "chat/completions", 10, 10,
-                       cost_usd, 0.0, 1.0, None, "ok", "upstream", 1, False)
+    return UsageRecord(
+        request_id,
+        time.time(),
+        "acme",
+        "dc1",
+        "datacenter",
+        None,
+        "m1",
+        "chat/completions",
+        10,
+        10,
+        cost_usd,
+        0.0,
+        1.0,
+        None,
+        "ok",
+        "upstream",
+        1,
+        False,
+    )
 
 
 @pytest.mark.asyncio
@@ -160,8 +193,9 @@ def _ledger_cost(url: str, tenant: str = "acme") -> float:
 
 
 def _config(*sims, hard: float = 100.0, soft: float | None = None, **backend):
-    entries = [backend_entry(s, price=DEAR if i == 0 else {"input": 1.0, "output": 2.0}, **backend)
-               for i, s in enumerate(sims)]
+    entries = [
+        backend_entry(s, price=DEAR if i == 0 else {"input": 1.0, "output": 2.0}, **backend) for i, s in enumerate(sims)
+    ]
     budget = {"metric": "usd", "period": "total", "hard": hard} | ({"soft": soft} if soft is not None else {})
     return {"backends": entries, "tenants": [{"name": "acme", "budgets": [budget]}]}
 
@@ -171,11 +205,24 @@ def key_for():
     def create(url: str, tenant: str = "acme") -> dict[str, str]:
         resp = httpx.post(url + "/admin/v1/keys", headers=admin(), json={"tenant": tenant})
         return {"authorization": f"Bearer {resp.json()['key']}"}
+
     return create
 
 
-@pytest.mark.parametrize("path", ["ok", "stream_ok", "upstream_error", "client_error", "first_token_timeout",
-                                  "stream_disconnect", "stream_cut", "client_gives_up", "no_max_tokens"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "ok",
+        "stream_ok",
+        "upstream_error",
+        "client_error",
+        "first_token_timeout",
+        "stream_disconnect",
+        "stream_cut",
+        "client_gives_up",
+        "no_max_tokens",
+    ],
+)
 def test_every_exit_path_settles_to_the_ledger(start_sim_backend, tmp_path, key_for, path):
     sim = start_sim_backend("dc1")
     backend = {"timeouts": {"first_token": 0.3, "total": 0.3}} if path == "first_token_timeout" else {}
@@ -195,8 +242,9 @@ def test_every_exit_path_settles_to_the_ledger(start_sim_backend, tmp_path, key_
             del body["max_tokens"]
         with httpx.Client(timeout=0.3 if path == "client_gives_up" else 10) as client:
             if stream:
-                with client.stream("POST", url + "/v1/chat/completions", headers=auth,
-                                   json={**body, "stream": True}) as resp:
+                with client.stream(
+                    "POST", url + "/v1/chat/completions", headers=auth, json={**body, "stream": True}
+                ) as resp:
                     assert resp.status_code == 200
                     if path == "stream_disconnect":
                         next(resp.iter_bytes())  # then leave
@@ -223,9 +271,15 @@ def test_every_exit_path_settles_to_the_ledger(start_sim_backend, tmp_path, key_
 def test_soft_limit_warns_and_energy_and_carbon_budgets_refuse(start_sim_backend, tmp_path, key_for):
     sim = start_sim_backend("dc1")
     config = _config(sim, hard=1.0, soft=WORST_USD / 2, carbon_intensity=500.0)
-    config["tenants"].append({"name": "green", "budgets": [
-        {"metric": "kwh", "period": "daily", "hard": 1.0},
-        {"metric": "kg_co2e", "period": "monthly", "hard": 1e-9}]})
+    config["tenants"].append(
+        {
+            "name": "green",
+            "budgets": [
+                {"metric": "kwh", "period": "daily", "hard": 1.0},
+                {"metric": "kg_co2e", "period": "monthly", "hard": 1e-9},
+            ],
+        }
+    )
     with serve(config, ledger=f"sqlite:///{tmp_path / 'gw.db'}") as url:
         resp = httpx.post(url + "/v1/chat/completions", headers=key_for(url), content=BODY)
         assert resp.status_code == 200
@@ -261,8 +315,9 @@ def test_spend_survives_a_restart(start_sim_backend, tmp_path, key_for):
 async def _storm(urls: list[str], auth: dict[str, str], n: int = 200) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        return await asyncio.gather(*(client.post(urls[i % len(urls)] + "/v1/chat/completions", headers=auth,
-                                                  content=BODY) for i in range(n)))
+        return await asyncio.gather(
+            *(client.post(urls[i % len(urls)] + "/v1/chat/completions", headers=auth, content=BODY) for i in range(n))
+        )
 
 
 def _storms(urls: list[str], auth: dict[str, str], hard: float) -> list[int]:
@@ -272,8 +327,12 @@ def _storms(urls: list[str], auth: dict[str, str], hard: float) -> list[int]:
     while not served or served[-1] > 0:
         responses = asyncio.run(_storm(urls, auth, 40 if served else 200))  # then smaller bursts, to save time
         refused = [r for r in responses if r.status_code != 200]
-        assert all(r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
-                   and r.headers["x-should-retry"] == "false" for r in refused), {r.status_code for r in refused}
+        assert all(
+            r.status_code == 429
+            and r.json()["error"]["code"] == "budget_exceeded"
+            and r.headers["x-should-retry"] == "false"
+            for r in refused
+        ), {r.status_code for r in refused}
         served.append(len(responses) - len(refused))
         spent = _ledger_cost(urls[0])
         assert spent <= hard, f"overshoot of {spent - hard} USD"
@@ -320,8 +379,11 @@ def test_200_concurrent_requests_across_two_gateways_on_one_redis(start_sim_back
     try:
         with _gateway_process(str(cfg), ledger, prefix) as one, _gateway_process(str(cfg), ledger, prefix) as two:
             served = _storms([one, two], auth, hard)
-            assert sum(served) == int(httpx.get(one + "/admin/v1/usage", params={"tenant": "acme"}, headers=admin())
-                                      .json()["totals"]["requests"])
+            assert sum(served) == int(
+                httpx.get(one + "/admin/v1/usage", params={"tenant": "acme"}, headers=admin()).json()["totals"][
+                    "requests"
+                ]
+            )
             held = redis.Redis.from_url(REDIS).hgetall(f"{prefix}adm:br:acme")
             assert {k: int(v) for k, v in held.items()} == {b"usd": 0, b"kwh": 0, b"kg_co2e": 0}
     finally:

@@ -20,8 +20,9 @@ FEDROUTER = [sys.executable, "-c", "from router.cli import main; main()"]
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FEDROUTER, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [*FEDROUTER, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, check=False
+    )
 
 
 def _free_port() -> int:
@@ -33,8 +34,9 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def _spawn(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen[str]]:
     """Run fedrouter until the block ends, then stop it with SIGTERM as an operator would."""
-    with subprocess.Popen([*FEDROUTER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=cwd) as proc:
+    with subprocess.Popen(
+        [*FEDROUTER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+    ) as proc:
         try:
             yield proc
         finally:
@@ -112,8 +114,11 @@ def test_serve_with_two_workers(sim_and_config):
     with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
         _wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
         for _ in range(6):
-            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                           json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+            )
             assert r.status_code == 200
     assert "requests:      6" in _run("usage", "--tenant", "acme", "--ledger", ledger).stdout
 
@@ -151,8 +156,19 @@ def test_two_workers_with_shared_state_hold_one_rate_limit(sim_and_config, tmp_p
     monkeypatch.setenv("FEDROUTER_STATE_PREFIX", f"fedrouter-test:{time.time_ns()}:")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    with _spawn("serve", "--config", str(limited), "--port", str(port), "--ledger", ledger, "--workers", "2",
-                "--state", "redis://127.0.0.1:6379/0") as proc:
+    with _spawn(
+        "serve",
+        "--config",
+        str(limited),
+        "--port",
+        str(port),
+        "--ledger",
+        ledger,
+        "--workers",
+        "2",
+        "--state",
+        "redis://127.0.0.1:6379/0",
+    ) as proc:
         _wait_ready(url + "/healthz", proc, timeout=30)
         fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection each time: either worker may take it
         with httpx.Client(base_url=url, limits=fresh, timeout=10) as client:
@@ -161,8 +177,14 @@ def test_two_workers_with_shared_state_hold_one_rate_limit(sim_and_config, tmp_p
             while len(workers) < 2 and time.monotonic() < deadline:  # both workers up
                 workers.add(client.get("/healthz").headers["x-request-id"][:-8])
             assert len(workers) == 2
-            answers = [client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json={
-                "model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}) for _ in range(20)]
+            answers = [
+                client.post(
+                    "/v1/chat/completions",
+                    headers={"authorization": f"Bearer {key}"},
+                    json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+                )
+                for _ in range(20)
+            ]
     assert sorted(r.status_code for r in answers) == [200] * 5 + [429] * 15
     # Both workers answered (20 connections all to one worker: twice in a million runs).
     assert len({r.headers["x-request-id"][:-8] for r in answers}) == 2
@@ -230,14 +252,19 @@ def test_demo_policies_route_differently(tmp_path):
                 keys[line.split()[1]] = line.split()[-1]
         top = {}
         for tenant in ("eu-gov", "green", "frugal"):
-            ranking = httpx.get(f"http://127.0.0.1:{port}/admin/v1/route",
-                                params={"model": "llama-3.1-8b-instruct", "tenant": tenant},
-                                headers={"authorization": f"Bearer {admin_key}"}, timeout=10).json()
+            ranking = httpx.get(
+                f"http://127.0.0.1:{port}/admin/v1/route",
+                params={"model": "llama-3.1-8b-instruct", "tenant": tenant},
+                headers={"authorization": f"Bearer {admin_key}"},
+                timeout=10,
+            ).json()
             top[tenant] = ranking["models"][0]["candidates"][0]["backend"]
-        served = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                            headers={"authorization": f"Bearer {keys['eu-gov']}"},
-                            json={"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "x"}],
-                                  "max_tokens": 2}, timeout=10)
+        served = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            headers={"authorization": f"Bearer {keys['eu-gov']}"},
+            json={"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+            timeout=10,
+        )
     assert served.headers["x-fedrouter-backend"] == "eu-sovereign"  # its only admissible backend
     assert top["eu-gov"] == "eu-sovereign"
     assert top["green"] == "volunteer-berlin"  # lowest joules per token, lowest carbon

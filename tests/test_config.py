@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _backend(**extra):
-    entry = {"name": "eu-1", "class": "sovereign", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
-             "models": ["m"]}
+    entry = {
+        "name": "eu-1",
+        "class": "sovereign",
+        "type": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "models": ["m"],
+    }
     entry.update(extra)
     return entry
 
@@ -32,16 +37,26 @@ def _backend(**extra):
         ({"backends": [_backend(price={"input": -1, "output": 1})]}, "backends[eu-1].price.input"),
         ({"backends": [_backend(), _backend()]}, "duplicate backend name(s): eu-1"),
         ({"backends": []}, "at least one backend"),
-        ({"backends": [_backend()], "tenants": [{"name": "t", "policy": "fastestt"}]},
-         "tenants[t].policy: unknown policy preset 'fastestt'"),
-        ({"backends": [_backend()], "tenants": [{"name": "t", "policy": {"weights": {"latency": 0, "price": 0,
-                                                                                   "energy": 0}}}]},
-         "weights must not all be zero"),
+        (
+            {"backends": [_backend()], "tenants": [{"name": "t", "policy": "fastestt"}]},
+            "tenants[t].policy: unknown policy preset 'fastestt'",
+        ),
+        (
+            {
+                "backends": [_backend()],
+                "tenants": [{"name": "t", "policy": {"weights": {"latency": 0, "price": 0, "energy": 0}}}],
+            },
+            "weights must not all be zero",
+        ),
         ({"backends": [_backend()], "routing": {"max_attemps": 2}}, "routing: unknown key 'max_attemps'"),
-        ({"backends": [_backend()], "routing": {"consider": 4, "max_attempts": 5}},
-         "routing: consider (4) must be at least max_attempts (5)"),
-        ({"backends": [_backend(api_key="env:FEDROUTER_TEST_UNSET_VAR")]},
-         "environment variable FEDROUTER_TEST_UNSET_VAR is not set"),
+        (
+            {"backends": [_backend()], "routing": {"consider": 4, "max_attempts": 5}},
+            "routing: consider (4) must be at least max_attempts (5)",
+        ),
+        (
+            {"backends": [_backend(api_key="env:FEDROUTER_TEST_UNSET_VAR")]},
+            "environment variable FEDROUTER_TEST_UNSET_VAR is not set",
+        ),
         ({"backend": []}, "unknown key 'backend'"),
     ],
 )
@@ -76,10 +91,14 @@ def test_models_without_a_price_are_named(monkeypatch):
     prices = PriceMap()
     example = load_config(ROOT / "examples" / "federation.yaml")
     assert unpriced(backend_info(b, prices) for b in example.backends) == []
-    config = parse_config({"backends": [
-        _backend(models={"mini": "gpt-4o-mini", "mine": "my-finetune"}),  # the map knows only the first
-        _backend(name="free", models=["mine"], price={"input": 0, "output": 0}),
-    ]})
+    config = parse_config(
+        {
+            "backends": [
+                _backend(models={"mini": "gpt-4o-mini", "mine": "my-finetune"}),  # the map knows only the first
+                _backend(name="free", models=["mine"], price={"input": 0, "output": 0}),
+            ]
+        }
+    )
     infos = [backend_info(b, prices) for b in config.backends]
     assert infos[0].prices["mini"] == (0.15, 0.6)
     [warning] = unpriced(infos)

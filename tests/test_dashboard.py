@@ -59,20 +59,25 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\$\{?\w+\}?", " ", expr)
     names = set()
     for match in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", expr):
-        if expr[match.end():].lstrip().startswith("("):
+        if expr[match.end() :].lstrip().startswith("("):
             continue  # a function or aggregation
         if match.group().lower() not in _KEYWORDS:
             names.add(match.group())
     return names
 
 
-@pytest.mark.parametrize(("expr", "expected"), [
-    ('sum by (backend, outcome) (rate(fedrouter_requests_total{backend=~"$backend"}[$__rate_interval]))',
-     {"fedrouter_requests_total"}),
-    ("histogram_quantile(0.95, sum by (le) (rate(x_bucket[5m]))) > 5", {"x_bucket"}),
-    ("max by (backend_class) (up) == 0 and on (job) y offset 5m", {"up", "y"}),
-    ("sum(rate(a[1m])) * 3600 / 1e3", {"a"}),
-])
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        (
+            'sum by (backend, outcome) (rate(fedrouter_requests_total{backend=~"$backend"}[$__rate_interval]))',
+            {"fedrouter_requests_total"},
+        ),
+        ("histogram_quantile(0.95, sum by (le) (rate(x_bucket[5m]))) > 5", {"x_bucket"}),
+        ("max by (backend_class) (up) == 0 and on (job) y offset 5m", {"up", "y"}),
+        ("sum(rate(a[1m])) * 3600 / 1e3", {"a"}),
+    ],
+)
 def test_metric_names(expr: str, expected: set[str]) -> None:
     assert metric_names(expr) == expected
 
@@ -108,9 +113,14 @@ def test_admin_page(base_url: str) -> None:
     assert sorted(_assets(r.text)) == ["admin/admin.css", "admin/admin.js"]
 
 
-@pytest.mark.parametrize(("path", "media_type"), [
-    ("/admin", "text/html"), ("/admin/admin.css", "text/css"), ("/admin/admin.js", "text/javascript"),
-])
+@pytest.mark.parametrize(
+    ("path", "media_type"),
+    [
+        ("/admin", "text/html"),
+        ("/admin/admin.css", "text/css"),
+        ("/admin/admin.js", "text/javascript"),
+    ],
+)
 def test_assets_are_self_contained(base_url: str, path: str, media_type: str) -> None:
     r = httpx.get(base_url + path)
     assert r.status_code == 200
@@ -226,4 +236,3 @@ def test_scrape_config_sends_the_admin_key() -> None:
     assert job["authorization"]["type"] == "Bearer"
     assert "credentials_file" in job["authorization"]
     assert 'job="fedrouter"' in {r["alert"]: r["expr"] for r in _rules()}["FedrouterMetricsScrapeFailing"]
-

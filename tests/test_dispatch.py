@@ -22,8 +22,10 @@ def _two(start_sim_backend, start_gateway, **routing):
     a = start_sim_backend("a")
     b = start_sim_backend("b")
     gw = start_gateway(
-        [backend_entry(a, price={"input": 0.1, "output": 0.1}, energy={"joules_per_token": 0.1}),
-         backend_entry(b, price={"input": 5.0, "output": 5.0}, energy={"joules_per_token": 2.0})],
+        [
+            backend_entry(a, price={"input": 0.1, "output": 0.1}, energy={"joules_per_token": 0.1}),
+            backend_entry(b, price={"input": 5.0, "output": 5.0}, energy={"joules_per_token": 2.0}),
+        ],
         routing={"exploration": 0.0, **routing},
     )
     gw.sims = {"a": a, "b": b}
@@ -67,11 +69,20 @@ def test_connection_refused_falls_back(start_sim_backend, start_gateway):
     port = dead.getsockname()[1]
     dead.close()  # nothing listens there now
     good = start_sim_backend("good")
-    gw = start_gateway([
-        {"name": "dead", "class": "datacenter", "type": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-         "models": ["m1"], "price": {"input": 0, "output": 0}},
-        backend_entry(good, price={"input": 9, "output": 9}),
-    ], routing={"exploration": 0.0})
+    gw = start_gateway(
+        [
+            {
+                "name": "dead",
+                "class": "datacenter",
+                "type": "openai",
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "models": ["m1"],
+                "price": {"input": 0, "output": 0},
+            },
+            backend_entry(good, price={"input": 9, "output": 9}),
+        ],
+        routing={"exploration": 0.0},
+    )
     resp = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, max_tokens=2)
     assert resp.headers["x-fedrouter-backend"] == "good"
 
@@ -92,8 +103,9 @@ def test_all_backends_down_gives_503_with_retry_hint(start_sim_backend, start_ga
 
 def test_retries_same_backend_with_backoff_when_alone(start_sim_backend, start_gateway):
     only = start_sim_backend("only")
-    gw = start_gateway([backend_entry(only)], routing={"retries_per_backend": 2, "max_attempts": 3,
-                                                       "backoff_initial": 0.05})
+    gw = start_gateway(
+        [backend_entry(only)], routing={"retries_per_backend": 2, "max_attempts": 3, "backoff_initial": 0.05}
+    )
     only.set(fail_status=503, fail_count=2)
     started = time.perf_counter()
     resp = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, max_tokens=2)
@@ -103,8 +115,7 @@ def test_retries_same_backend_with_backoff_when_alone(start_sim_backend, start_g
 
 
 def test_circuit_breaker_ejects_and_probes(start_sim_backend, start_gateway):
-    gw, a, _b = _two(start_sim_backend, start_gateway, eject_after_failures=2, eject_seconds=0.5,
-                    retries_per_backend=0)
+    gw, a, _b = _two(start_sim_backend, start_gateway, eject_after_failures=2, eject_seconds=0.5, retries_per_backend=0)
     a.set(fail_status=500)
     for _ in range(2):
         gw.client().chat.completions.create(model="m1", messages=MSG, max_tokens=1)
@@ -125,13 +136,15 @@ def test_circuit_breaker_ejects_and_probes(start_sim_backend, start_gateway):
 def test_stall_before_first_token_falls_back(start_sim_backend, start_gateway):
     slow = start_sim_backend("slow", stall_s=5.0)
     fast = start_sim_backend("fast")
-    gw = start_gateway([
-        backend_entry(slow, price={"input": 0, "output": 0}, timeouts={"first_token": 0.3}),
-        backend_entry(fast, price={"input": 9, "output": 9}),
-    ], routing={"exploration": 0.0})
+    gw = start_gateway(
+        [
+            backend_entry(slow, price={"input": 0, "output": 0}, timeouts={"first_token": 0.3}),
+            backend_entry(fast, price={"input": 9, "output": 9}),
+        ],
+        routing={"exploration": 0.0},
+    )
     started = time.perf_counter()
-    stream = gw.client().chat.completions.with_raw_response.create(
-        model="m1", messages=MSG, max_tokens=2, stream=True)
+    stream = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, max_tokens=2, stream=True)
     assert stream.headers["x-fedrouter-backend"] == "fast"
     assert len(list(stream.parse())) > 0
     assert time.perf_counter() - started < 3
@@ -165,13 +178,23 @@ def lying_backend(loop_thread):
 
 def test_a_first_event_that_is_not_json_falls_back_unseen(lying_backend, start_sim_backend, start_gateway):
     good = start_sim_backend("good")
-    gw = start_gateway([
-        {"name": "liar", "class": "datacenter", "type": "openai", "base_url": lying_backend, "models": ["m1"],
-         "price": {"input": 0, "output": 0}},
-        backend_entry(good, price={"input": 9, "output": 9}),
-    ], routing={"exploration": 0.0})
+    gw = start_gateway(
+        [
+            {
+                "name": "liar",
+                "class": "datacenter",
+                "type": "openai",
+                "base_url": lying_backend,
+                "models": ["m1"],
+                "price": {"input": 0, "output": 0},
+            },
+            backend_entry(good, price={"input": 9, "output": 9}),
+        ],
+        routing={"exploration": 0.0},
+    )
     stream = gw.client().chat.completions.with_raw_response.create(
-        model="m1", messages=MSG, max_tokens=4, stream=True, stream_options={"include_usage": True})
+        model="m1", messages=MSG, max_tokens=4, stream=True, stream_options={"include_usage": True}
+    )
     assert stream.headers["x-fedrouter-backend"] == "good"
     assert stream.headers["x-fedrouter-attempts"] == "2"
     chunks = list(stream.parse())
@@ -181,11 +204,14 @@ def test_a_first_event_that_is_not_json_falls_back_unseen(lying_backend, start_s
     rows = gw.usage("acme")["recent"]
     # The liar's attempt read the prompt and answered garbage: kept as unbilled consumption.
     assert sorted((r["backend"], r["attempt"], r["kind"], r["billed"], r["outcome"]) for r in rows) == [
-        ("good", 2, "request", True, "ok"), ("liar", 1, "retry", False, "upstream_error")]
+        ("good", 2, "request", True, "ok"),
+        ("liar", 1, "retry", False, "upstream_error"),
+    ]
     deadline = time.monotonic() + 5  # the relay lets go of its backend just after the last event
     while time.monotonic() < deadline:
-        stats = {x["name"]: x["stats"] for x in
-                 httpx.get(gw.url + "/admin/v1/backends", headers=gw.admin()).json()["data"]}
+        stats = {
+            x["name"]: x["stats"] for x in httpx.get(gw.url + "/admin/v1/backends", headers=gw.admin()).json()["data"]
+        }
         if stats["good"]["inflight"] == 0:
             break
         time.sleep(0.02)
@@ -195,8 +221,11 @@ def test_a_first_event_that_is_not_json_falls_back_unseen(lying_backend, start_s
 def test_mid_stream_failure_ends_with_one_error_event(start_sim_backend, start_gateway):
     gw, a, b = _two(start_sim_backend, start_gateway)
     a.set(drop_after_chunks=2)
-    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(),
-                      json={"model": "m1", "messages": MSG, "max_tokens": 8, "stream": True})
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        json={"model": "m1", "messages": MSG, "max_tokens": 8, "stream": True},
+    )
     frames = [f.removeprefix("data: ") for f in resp.text.split("\n\n") if f]
     assert resp.headers["x-fedrouter-backend"] == "a"
     assert "[DONE]" not in frames
@@ -221,8 +250,12 @@ def test_sdk_surfaces_mid_stream_error(start_sim_backend, start_gateway):
 def test_client_disconnect_cancels_upstream_and_bills_tokens_so_far(start_sim_backend, start_gateway):
     slow = start_sim_backend("slowgen", tokens_per_s=20)
     gw = start_gateway([backend_entry(slow)])
-    with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=gw.auth(),
-                      json={"model": "m1", "messages": MSG, "max_tokens": 200, "stream": True}) as resp:
+    with httpx.stream(
+        "POST",
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        json={"model": "m1", "messages": MSG, "max_tokens": 200, "stream": True},
+    ) as resp:
         request_id = resp.headers["x-request-id"]
         seen = 0
         for line in resp.iter_lines():
@@ -247,8 +280,13 @@ def test_client_disconnect_cancels_upstream_and_bills_tokens_so_far(start_sim_ba
 def test_volunteers_get_no_identifying_fields_and_only_when_allowed(start_sim_backend, start_gateway):
     vol = start_sim_backend("vol")
     gw = start_gateway([backend_entry(vol, cls="volunteer", models={"m1": "upstream-m1"})])
-    gw.client("acme").chat.completions.create(model="m1", messages=MSG, user="alice@example.com",
-                                              metadata={"team": "x"}, extra_body={"safety_identifier": "u1"})
+    gw.client("acme").chat.completions.create(
+        model="m1",
+        messages=MSG,
+        user="alice@example.com",
+        metadata={"team": "x"},
+        extra_body={"safety_identifier": "u1"},
+    )
     body = vol.last_request()["body"]
     assert body["model"] == "upstream-m1"
     assert not {"user", "metadata", "safety_identifier"} & set(body)
@@ -261,8 +299,11 @@ def test_usage_ledger_one_record_per_request(start_sim_backend, start_gateway):
     gw, _a, _b = _two(start_sim_backend, start_gateway)
     ids = set()
     for stream in (False, True, False, True):
-        resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(),
-                          json={"model": "m1", "messages": MSG, "max_tokens": 5, "stream": stream})
+        resp = httpx.post(
+            gw.url + "/v1/chat/completions",
+            headers=gw.auth(),
+            json={"model": "m1", "messages": MSG, "max_tokens": 5, "stream": stream},
+        )
         assert resp.status_code == 200
         ids.add(resp.headers["x-request-id"])
     data = gw.usage("acme")

@@ -23,15 +23,18 @@ PLAIN = 10
 TOKENS = 20  # at 20 tokens/s a stream takes about a second
 
 
-async def _client(url: str, key: str, delay: float, stream: bool, done: list[str],
-                  midway: asyncio.Event) -> tuple[str | None, bool]:
+async def _client(
+    url: str, key: str, delay: float, stream: bool, done: list[str], midway: asyncio.Event
+) -> tuple[str | None, bool]:
     await asyncio.sleep(delay)
     body = {"model": "m1", "messages": [{"role": "user", "content": "go"}], "max_tokens": TOKENS, "stream": stream}
     headers = {"authorization": f"Bearer {key}"}
     request_id = None
     try:
-        async with httpx.AsyncClient(timeout=30) as client, \
-                client.stream("POST", url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream("POST", url + "/v1/chat/completions", json=body, headers=headers) as resp,
+        ):
             request_id = resp.headers.get("x-request-id")
             if not stream:
                 complete = resp.status_code == 200 and b'"usage"' in await resp.aread()
@@ -74,12 +77,21 @@ tenants:
 """)
     db = tmp_path / "ledger.db"
     ledger = f"sqlite:///{db}"
-    created = subprocess.run([*FEDROUTER, "keys", "create", "--tenant", "acme", "--config", str(cfg),
-                              "--ledger", ledger], capture_output=True, text=True, timeout=60, check=True)
+    created = subprocess.run(
+        [*FEDROUTER, "keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     key = created.stdout.split()[-1]
     port = _free_port()
-    with subprocess.Popen([*FEDROUTER, "serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [*FEDROUTER, "serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
             results = asyncio.run(_traffic(f"http://127.0.0.1:{port}", key, proc))
@@ -93,8 +105,11 @@ tenants:
     assert len(completed) >= 15 and len(unfinished) >= 10, "the kill must land while requests are in flight"
     conn = sqlite3.connect(db)
     try:
-        counts = dict(conn.execute(
-            "SELECT request_id, COUNT(*) FROM usage_events WHERE kind = 'request' GROUP BY request_id").fetchall())
+        counts = dict(
+            conn.execute(
+                "SELECT request_id, COUNT(*) FROM usage_events WHERE kind = 'request' GROUP BY request_id"
+            ).fetchall()
+        )
         events = conn.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM usage_events").fetchone()
         daily = conn.execute("SELECT SUM(requests) FROM usage_daily").fetchone()[0]
     finally:

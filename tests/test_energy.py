@@ -25,9 +25,18 @@ def _gwp(zone: str) -> float:
 
 # ---- grid intensity -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("zone", "ecologits_zone"), [
-    ("FR", "FRA"), ("fra", "FRA"), ("US", "USA"), ("DE", "DEU"), ("SE", "SWE"), (None, "WOR"),
-])
+
+@pytest.mark.parametrize(
+    ("zone", "ecologits_zone"),
+    [
+        ("FR", "FRA"),
+        ("fra", "FRA"),
+        ("US", "USA"),
+        ("DE", "DEU"),
+        ("SE", "SWE"),
+        (None, "WOR"),
+    ],
+)
 def test_intensity_comes_from_ecologits(zone, ecologits_zone):
     assert CarbonTable().intensity(zone) == pytest.approx(_gwp(ecologits_zone))
 
@@ -54,6 +63,7 @@ def test_intensity_file_overrides_and_extends_and_refreshes(tmp_path):
 
 # ---- energy estimates -----------------------------------------------------------------------
 
+
 def test_ecologits_derivation_matches_ecologits():
     ours = EcologitsEnergy().joules_per_output_token("gpt-4o-mini")
     energy = llm_impacts("openai", "gpt-4o-mini", 500, 1e9).energy
@@ -65,20 +75,27 @@ def test_ecologits_derivation_matches_ecologits():
     assert EcologitsEnergy().joules_per_output_token("our-own-finetune") is None
 
 
-@pytest.mark.parametrize(("cls", "declared", "model", "hardware", "source"), [
-    ("datacenter", 0.4, "gpt-4o-mini", False, "declared"),  # declared beats derived
-    ("datacenter", None, "gpt-4o-mini", False, "derived"),  # EcoLogits knows the model
-    ("datacenter", None, "gpt-4o-mini", True, "none"),  # hardware known: wait for throughput
-    ("sovereign", None, "gpt-4o-mini", False, "none"),  # EcoLogits describes commercial APIs only
-    ("datacenter", None, "local-llama", False, "none"),
-])
+@pytest.mark.parametrize(
+    ("cls", "declared", "model", "hardware", "source"),
+    [
+        ("datacenter", 0.4, "gpt-4o-mini", False, "declared"),  # declared beats derived
+        ("datacenter", None, "gpt-4o-mini", False, "derived"),  # EcoLogits knows the model
+        ("datacenter", None, "gpt-4o-mini", True, "none"),  # hardware known: wait for throughput
+        ("sovereign", None, "gpt-4o-mini", False, "none"),  # EcoLogits describes commercial APIs only
+        ("datacenter", None, "local-llama", False, "none"),
+    ],
+)
 def test_static_estimate_order(cls, declared, model, hardware, source):
     assert static_estimate(cls, declared, model, hardware, EcologitsEnergy()).source == source
 
 
 def _profile(name="b", energy=None, watts=None) -> Profile:
-    return Profile(BackendInfo(name, "sovereign", "openai", {"m": "m"}), "m",
-                   energy=energy or EnergyEstimate(None, None, "none"), hardware_watts=watts)
+    return Profile(
+        BackendInfo(name, "sovereign", "openai", {"m": "m"}),
+        "m",
+        energy=energy or EnergyEstimate(None, None, "none"),
+        hardware_watts=watts,
+    )
 
 
 def test_energy_book_prefers_measured_then_declared_then_hardware():
@@ -96,31 +113,50 @@ def test_energy_book_prefers_measured_then_declared_then_hardware():
     assert book.measured("b") == pytest.approx(1.95)
 
 
-@pytest.mark.parametrize(("value", "watts"), [
-    ("350", 350.0), ("12.5", 12.5), ("-3", None), ("nan", None), ("inf", None), ("lots", None), (None, None),
-])
+@pytest.mark.parametrize(
+    ("value", "watts"),
+    [
+        ("350", 350.0),
+        ("12.5", 12.5),
+        ("-3", None),
+        ("nan", None),
+        ("inf", None),
+        ("lots", None),
+        (None, None),
+    ],
+)
 def test_power_header(value, watts):
     assert power_watts({} if value is None else {"x-power-watts": value}) == watts
 
 
 # ---- config ---------------------------------------------------------------------------------
 
+
 def _cfg(**backend):
-    entry = {"name": "eu-1", "class": "sovereign", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
-             "models": ["m"], **backend}
+    entry = {
+        "name": "eu-1",
+        "class": "sovereign",
+        "type": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "models": ["m"],
+        **backend,
+    }
     return {"backends": [entry]}
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (_cfg(zone="XX"), "backends[eu-1].zone: unknown grid zone 'XX'"),
-    (_cfg(hardware={"gpu": "H100", "count": 8}), "backends[eu-1].hardware.watts: required key is missing"),
-    (_cfg(hardware={"gpu": "H100", "watts": 700, "tdp": 1}), "backends[eu-1].hardware: unknown key 'tdp'"),
-    (_cfg(carbon_intensity=-1), "backends[eu-1].carbon_intensity"),
-    (_cfg(trust=2), "backends[eu-1].trust"),
-    (_cfg(capabilities=["telepathy"]), "backends[eu-1].capabilities[0]: Input should be 'tools'"),
-    (_cfg(context_length=0), "backends[eu-1].context_length"),
-    ({**_cfg(), "carbon": {"intensity_file": "/nonexistent/grid.yaml"}}, "carbon.intensity_file: cannot read"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (_cfg(zone="XX"), "backends[eu-1].zone: unknown grid zone 'XX'"),
+        (_cfg(hardware={"gpu": "H100", "count": 8}), "backends[eu-1].hardware.watts: required key is missing"),
+        (_cfg(hardware={"gpu": "H100", "watts": 700, "tdp": 1}), "backends[eu-1].hardware: unknown key 'tdp'"),
+        (_cfg(carbon_intensity=-1), "backends[eu-1].carbon_intensity"),
+        (_cfg(trust=2), "backends[eu-1].trust"),
+        (_cfg(capabilities=["telepathy"]), "backends[eu-1].capabilities[0]: Input should be 'tools'"),
+        (_cfg(context_length=0), "backends[eu-1].context_length"),
+        ({**_cfg(), "carbon": {"intensity_file": "/nonexistent/grid.yaml"}}, "carbon.intensity_file: cannot read"),
+    ],
+)
 def test_bad_energy_config_names_the_key(raw, message):
     with pytest.raises(ConfigError) as exc:
         parse_config(raw, "f.yaml")
@@ -136,9 +172,14 @@ def test_zone_known_from_file_or_own_intensity(tmp_path):
 
 # ---- provenance in the ledger ---------------------------------------------------------------
 
+
 def _post(gw, only, model="m1"):
-    r = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=10,
-                   json={"model": model, "messages": MSG, "max_tokens": 8, "provider": {"only": [only]}})
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        timeout=10,
+        json={"model": model, "messages": MSG, "max_tokens": 8, "provider": {"only": [only]}},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -147,19 +188,27 @@ def test_energy_provenance_and_carbon_land_in_the_ledger(start_sim_backend, star
     declared = start_sim_backend("declared")
     api = start_sim_backend("api", models=["gpt-4o-mini"])
     bare = start_sim_backend("bare")
-    gw = start_gateway([
-        backend_entry(powered, "sovereign", zone="FR", energy={"joules_per_token": 0.5}),
-        backend_entry(declared, zone="PL", energy={"joules_per_token": 0.5}),
-        backend_entry(api, zone="US", models={"m1": "gpt-4o-mini"}, energy=None, carbon_intensity=100.0),
-        backend_entry(bare, "sovereign", zone="SE", energy=None),
-    ], routing={"exploration": 0.0})
+    gw = start_gateway(
+        [
+            backend_entry(powered, "sovereign", zone="FR", energy={"joules_per_token": 0.5}),
+            backend_entry(declared, zone="PL", energy={"joules_per_token": 0.5}),
+            backend_entry(api, zone="US", models={"m1": "gpt-4o-mini"}, energy=None, carbon_intensity=100.0),
+            backend_entry(bare, "sovereign", zone="SE", energy=None),
+        ],
+        routing={"exploration": 0.0},
+    )
     for name in ("powered", "powered", "declared", "api", "bare"):
         _post(gw, name)
     rows = sorted(gw.usage("acme")["recent"], key=lambda r: r["ts"])
     by = [(r["backend"], r["energy_source"]) for r in rows]
     # The first answer of "powered" brings its power reading; from then on energy is measured.
-    assert by == [("powered", "declared"), ("powered", "measured"), ("declared", "declared"),
-                  ("api", "derived"), ("bare", "none")]
+    assert by == [
+        ("powered", "declared"),
+        ("powered", "measured"),
+        ("declared", "declared"),
+        ("api", "derived"),
+        ("bare", "none"),
+    ]
     intensity = {"powered": _gwp("FRA"), "declared": _gwp("POL"), "api": 100.0, "bare": _gwp("SWE")}
     for row in rows:
         assert row["carbon_g"] == pytest.approx(row["energy_wh"] / 1000 * intensity[row["backend"]])
@@ -177,8 +226,9 @@ def test_intensity_file_is_refreshed_through_the_admin_api(start_sim_backend, st
     gw = start_gateway([backend_entry(sim, zone="FR")], carbon={"intensity_file": str(grid)})
 
     def intensity():
-        r = httpx.get(gw.url + "/admin/v1/route", params={"model": "m1", "tenant": "acme"},
-                      headers=gw.admin(), timeout=10)
+        r = httpx.get(
+            gw.url + "/admin/v1/route", params={"model": "m1", "tenant": "acme"}, headers=gw.admin(), timeout=10
+        )
         return r.json()["models"][0]["candidates"][0]["estimate"]["carbon_intensity_g_per_kwh"]
 
     assert intensity() == 20.0

@@ -33,15 +33,20 @@ FOCUS_DECIMALS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "
 @pytest.fixture
 def gw(start_sim_backend, start_gateway):
     dc, sov = start_sim_backend("dc1"), start_sim_backend("sov1")
-    gateway = start_gateway([backend_entry(dc), backend_entry(sov, "sovereign", zone="FR",
-                                                              price={"input": 0.7, "output": 1.3})])
+    gateway = start_gateway(
+        [backend_entry(dc), backend_entry(sov, "sovereign", zone="FR", price={"input": 0.7, "output": 1.3})]
+    )
     for tenant, n in (("acme", 5), ("other", 3)):
         client = gateway.client(tenant)
         for i in range(n):
-            client.chat.completions.create(model="m1", messages=[{"role": "user", "content": f"hi {i}"}],
-                                           max_tokens=3 + i)
-        list(client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "go"}],
-                                            max_tokens=7, stream=True))
+            client.chat.completions.create(
+                model="m1", messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=3 + i
+            )
+        list(
+            client.chat.completions.create(
+                model="m1", messages=[{"role": "user", "content": "go"}], max_tokens=7, stream=True
+            )
+        )
     return gateway
 
 
@@ -130,8 +135,7 @@ def test_tenant_exports_only_its_own_usage(gw):
         assert r.status_code == 200
         rows = parse(r.content, "jsonl")
         assert len(rows) == 4 and {row["tenant"] for row in rows} == {"other"}
-    focus = parse(fetch(gw, "/v1/usage/export", gw.auth("other"), format="focus", granularity="daily").content,
-                  "focus")
+    focus = parse(fetch(gw, "/v1/usage/export", gw.auth("other"), format="focus", granularity="daily").content, "focus")
     assert {row["BillingAccountId"] for row in focus} == {"other"}
     assert_cents(billed_cost(focus, "focus", "daily"), gw.usage("other")["totals"]["cost_usd"])
     assert fetch(gw, "/v1/usage/export", {}).status_code == 401
@@ -179,20 +183,47 @@ def test_payouts_per_backend(gw, fmt):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FEDROUTER, *args], capture_output=True, text=True, timeout=60, env=dict(os.environ),
-                          check=False)
+    return subprocess.run(
+        [*FEDROUTER, *args], capture_output=True, text=True, timeout=60, env=dict(os.environ), check=False
+    )
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "focus"])
 def test_cli_export_matches_ledger_totals(gw, tmp_path: Path, fmt):
     out = tmp_path / f"acme.{fmt}"
-    result = run_cli("export", "--tenant", "acme", "--from", SPAN["from"], "--to", SPAN["to"], "--format", fmt,
-                     "--ledger", f"sqlite:///{gw.db_path}", "--output", str(out))
+    result = run_cli(
+        "export",
+        "--tenant",
+        "acme",
+        "--from",
+        SPAN["from"],
+        "--to",
+        SPAN["to"],
+        "--format",
+        fmt,
+        "--ledger",
+        f"sqlite:///{gw.db_path}",
+        "--output",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     rows = parse(out.read_bytes(), fmt)
     assert_cents(billed_cost(rows, fmt, "request"), gw.usage("acme")["totals"]["cost_usd"])
-    daily = run_cli("export", "--tenant", "acme", "--from", SPAN["from"], "--to", SPAN["to"], "--format", fmt,
-                    "--granularity", "daily", "--ledger", f"sqlite:///{gw.db_path}")
+    daily = run_cli(
+        "export",
+        "--tenant",
+        "acme",
+        "--from",
+        SPAN["from"],
+        "--to",
+        SPAN["to"],
+        "--format",
+        fmt,
+        "--granularity",
+        "daily",
+        "--ledger",
+        f"sqlite:///{gw.db_path}",
+    )
     assert daily.returncode == 0, daily.stderr
     assert_cents(billed_cost(parse(daily.stdout.encode(), fmt), fmt, "daily"), gw.usage("acme")["totals"]["cost_usd"])
 
@@ -224,8 +255,12 @@ def test_cli_export_bad_input_is_one_line_and_exit_2(tmp_path: Path, args, fragm
 
 
 def test_export_of_a_quiet_range_is_just_a_header(gw):
-    r = httpx.get(gw.url + "/admin/v1/usage/export", headers=gw.admin(), timeout=10,
-                  params={"from": str(date(2001, 1, 1)), "to": str(date(2001, 1, 31)), "format": "focus"})
+    r = httpx.get(
+        gw.url + "/admin/v1/usage/export",
+        headers=gw.admin(),
+        timeout=10,
+        params={"from": str(date(2001, 1, 1)), "to": str(date(2001, 1, 31)), "format": "focus"},
+    )
     assert r.status_code == 200 and r.text.count("\n") == 1
 
 
@@ -233,27 +268,49 @@ def test_gateway_on_a_postgres_ledger_keeps_keys_in_sqlite(start_sim_backend, tm
     pg = request.getfixturevalue("pg_url")
     sim = start_sim_backend("dc1")
     cfg = tmp_path / "fed.yaml"
-    cfg.write_text(f"backends:\n  - {{name: dc1, class: datacenter, type: openai, base_url: '{sim.base_url}', "
-                   "models: [m1], price: {input: 1.0, output: 2.0}}\ntenants:\n  - name: acme\n")
+    cfg.write_text(
+        f"backends:\n  - {{name: dc1, class: datacenter, type: openai, base_url: '{sim.base_url}', "
+        "models: [m1], price: {input: 1.0, output: 2.0}}\ntenants:\n  - name: acme\n"
+    )
     env = {**os.environ, "FEDROUTER_LEDGER": pg, "FEDROUTER_KEYS_DB": str(tmp_path / "keys.db")}
-    created = subprocess.run([*FEDROUTER, "keys", "create", "--tenant", "acme", "--config", str(cfg)], env=env,
-                             capture_output=True, text=True, timeout=60, check=False)
+    created = subprocess.run(
+        [*FEDROUTER, "keys", "create", "--tenant", "acme", "--config", str(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert created.returncode == 0, created.stderr
     key = created.stdout.split()[-1]
     port = _free_port()
-    with subprocess.Popen([*FEDROUTER, "serve", "--config", str(cfg), "--port", str(port)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [*FEDROUTER, "serve", "--config", str(cfg), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                           json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4})
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4},
+            )
             assert r.status_code == 200
             request_id = r.headers["x-request-id"]
         finally:
             proc.terminate()
             proc.communicate(timeout=15)
-    exported = subprocess.run([*FEDROUTER, "export", "--from", SPAN["from"], "--to", SPAN["to"], "--format", "jsonl"],
-                              env=env, capture_output=True, text=True, timeout=60, check=False)
+    exported = subprocess.run(
+        [*FEDROUTER, "export", "--from", SPAN["from"], "--to", SPAN["to"], "--format", "jsonl"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert exported.returncode == 0, exported.stderr
     rows = [r for r in parse(exported.stdout.encode(), "jsonl") if r["request_id"] == request_id]
     assert len(rows) == 1 and rows[0]["output_tokens"] == 4 and rows[0]["key_id"].startswith("key_")

@@ -513,7 +513,7 @@ async def test_compressed_body_is_decoded(serve: Serve, encoding: str, compress:
             # the same bytes again, chunked in small pieces across separate writes
             await peer.send(CHUNKED_HEAD.replace(b"\r\n\r\n", b"\r\ncontent-encoding: %s\r\n\r\n" % encoding.encode()))
             for at in range(0, len(packed), 7):
-                await peer.send(chunk(packed[at:at + 7]))
+                await peer.send(chunk(packed[at : at + 7]))
             await peer.send(b"0\r\n\r\n")
 
     wire = await serve(handler)
@@ -648,9 +648,27 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "c.pem", folder / "k.pem"
     subprocess.run(
-        ["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=30,
+        [
+            "/usr/bin/openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return cert, key
 
@@ -737,4 +755,3 @@ async def test_connection_refused_names_the_address() -> None:
                 await pool.post(pool.head("chat/completions"), BODY, 1.0)
         finally:
             await pool.close()
-

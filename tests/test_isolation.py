@@ -39,15 +39,30 @@ def _is_admin(path: str) -> bool:
 @pytest.fixture
 def world(start_sim_backend, start_gateway):
     sim = start_sim_backend("dc1")
-    gw = start_gateway([backend_entry(sim)], [
-        {"name": MINE, "budgets": [{"metric": "usd", "period": "monthly", "hard": 10.0}]},
-        {"name": THEIRS, "limits": {"requests_per_minute": 1000},
-         "budgets": [{"metric": "usd", "period": "monthly", "hard": 20.0}]}])
+    gw = start_gateway(
+        [backend_entry(sim)],
+        [
+            {"name": MINE, "budgets": [{"metric": "usd", "period": "monthly", "hard": 10.0}]},
+            {
+                "name": THEIRS,
+                "limits": {"requests_per_minute": 1000},
+                "budgets": [{"metric": "usd", "period": "monthly", "hard": 20.0}],
+            },
+        ],
+    )
     request_ids = []
     for stream in (False, True):
-        resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(THEIRS), timeout=10,
-                          json={"model": "m1", "messages": [{"role": "user", "content": "secret"}], "max_tokens": 3,
-                                "stream": stream})
+        resp = httpx.post(
+            gw.url + "/v1/chat/completions",
+            headers=gw.auth(THEIRS),
+            timeout=10,
+            json={
+                "model": "m1",
+                "messages": [{"role": "user", "content": "secret"}],
+                "max_tokens": 3,
+                "stream": stream,
+            },
+        )
         assert resp.status_code == 200
         request_ids.append(resp.headers["x-request-id"])
     extra = httpx.post(gw.url + "/admin/v1/keys", headers=gw.admin(), json={"tenant": THEIRS, "name": "theirs"})
@@ -59,8 +74,12 @@ def _snapshot(gw) -> dict[str, Any]:
     """Everything of the other tenant the operator can see."""
     get = lambda path, **params: httpx.get(gw.url + path, params=params, headers=gw.admin(), timeout=10).json()  # noqa: E731
     usage = get("/admin/v1/usage", tenant=THEIRS, limit=1000)
-    return {"tenant": get(f"/admin/v1/tenants/{THEIRS}"), "keys": get("/admin/v1/keys", tenant=THEIRS),
-            "requests": sorted(r["request_id"] for r in usage["recent"]), "totals": usage["totals"]}
+    return {
+        "tenant": get(f"/admin/v1/tenants/{THEIRS}"),
+        "keys": get("/admin/v1/keys", tenant=THEIRS),
+        "requests": sorted(r["request_id"] for r in usage["recent"]),
+        "totals": usage["totals"],
+    }
 
 
 def test_every_route_keeps_tenants_apart(world):
@@ -69,19 +88,39 @@ def test_every_route_keeps_tenants_apart(world):
     their_key_ids = [k["id"] for k in before["keys"]["data"]]
     secrets = {THEIRS, gw.keys[THEIRS], *their_key_ids, *their_requests}
     today = datetime.now(UTC).date()
-    params = {"tenant": THEIRS, "key_id": their_key_id, "limit": "1000", "model": "m1",
-              "from": (today - timedelta(days=1)).isoformat(), "to": (today + timedelta(days=1)).isoformat()}
-    body = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "input": "hi",
-            "max_tokens": 2, "tenant": THEIRS, "name": THEIRS, "grace_seconds": 0,
-            "limits": {"requests_per_minute": 1_000_000}}
+    params = {
+        "tenant": THEIRS,
+        "key_id": their_key_id,
+        "limit": "1000",
+        "model": "m1",
+        "from": (today - timedelta(days=1)).isoformat(),
+        "to": (today + timedelta(days=1)).isoformat(),
+    }
+    body = {
+        "model": "m1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "prompt": "hi",
+        "input": "hi",
+        "max_tokens": 2,
+        "tenant": THEIRS,
+        "name": THEIRS,
+        "grace_seconds": 0,
+        "limits": {"requests_per_minute": 1_000_000},
+    }
     fill = {"name": THEIRS, "tenant": THEIRS, "key_id": their_key_id, "model": "m1"}
 
     routes = _routes(gw.app.routes)
     assert ("POST", "/v1/chat/completions") in routes and ("DELETE", "/admin/v1/keys/{key_id}") in routes
     for method, path in routes:
         url = re.sub(r"\{(\w+)(:\w+)?\}", lambda m: fill.get(m.group(1), THEIRS), path)
-        resp = httpx.request(method, gw.url + url, headers=gw.auth(MINE), params=params,
-                             json=body if method in ("POST", "PATCH", "PUT") else None, timeout=10)
+        resp = httpx.request(
+            method,
+            gw.url + url,
+            headers=gw.auth(MINE),
+            params=params,
+            json=body if method in ("POST", "PATCH", "PUT") else None,
+            timeout=10,
+        )
         where = f"{method} {path} -> {resp.status_code}"
         if _is_admin(path):
             assert resp.status_code == 401, where  # a tenant key is no admin key
@@ -91,16 +130,22 @@ def test_every_route_keeps_tenants_apart(world):
         assert not leaked, f"{where} shows the other tenant's {leaked}"
 
     assert _snapshot(gw) == before  # nothing of theirs changed: config, keys, usage
-    still = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(THEIRS), timeout=10,
-                       json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+    still = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(THEIRS),
+        timeout=10,
+        json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+    )
     assert still.status_code == 200  # their key still works
 
 
 def test_a_tenant_key_cannot_act_as_admin_even_with_the_admin_key_as_a_tenant_name(world):
     gw, _, their_key_id = world
-    for method, path, json in (("POST", "/admin/v1/keys", {"tenant": MINE}),
-                               ("PATCH", f"/admin/v1/tenants/{MINE}", {"limits": {"requests_per_minute": 10**9}}),
-                               ("DELETE", f"/admin/v1/keys/{their_key_id}", None),
-                               ("POST", f"/admin/v1/keys/{their_key_id}/rotate", None)):
+    for method, path, json in (
+        ("POST", "/admin/v1/keys", {"tenant": MINE}),
+        ("PATCH", f"/admin/v1/tenants/{MINE}", {"limits": {"requests_per_minute": 10**9}}),
+        ("DELETE", f"/admin/v1/keys/{their_key_id}", None),
+        ("POST", f"/admin/v1/keys/{their_key_id}/rotate", None),
+    ):
         resp = httpx.request(method, gw.url + path, headers=gw.auth(MINE), json=json, timeout=10)
         assert resp.status_code == 401, (method, path)

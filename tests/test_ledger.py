@@ -39,18 +39,45 @@ def ts_of(day: date, seconds: float = 3600.0) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() + seconds
 
 
-def make_record(i: int, *, tenant: str = "acme", ts: float | None = None, backend: str = "b1",
-                model: str = "m1", billed: bool = True, attempt: int = 1, tokens: tuple[int, int] = (10, 5),
-                request_id: str | None = None) -> UsageRecord:
+def make_record(
+    i: int,
+    *,
+    tenant: str = "acme",
+    ts: float | None = None,
+    backend: str = "b1",
+    model: str = "m1",
+    billed: bool = True,
+    attempt: int = 1,
+    tokens: tuple[int, int] = (10, 5),
+    request_id: str | None = None,
+) -> UsageRecord:
     tin, tout = tokens
     return UsageRecord(
-        request_id=request_id or f"req_{i:06d}", ts=ts if ts is not None else time.time(), tenant=tenant,
-        backend=backend, backend_class="sovereign" if backend == "b2" else "datacenter",
-        zone="FR" if backend == "b2" else None, model=model, endpoint="chat/completions", input_tokens=tin,
-        output_tokens=tout, cost_usd=(tin * 0.15 + tout * 0.6) / 1e6 * (1 + i % 7), energy_wh=(tin + tout) * 0.3 / 3600,
-        latency_ms=120.5 + i, ttft_ms=None if i % 2 else 33.3, outcome="ok", tokens_source="upstream", attempts=attempt,
-        stream=bool(i % 2), attempt=attempt, kind="request" if billed else "retry", billed=billed,
-        key_id=f"key_{tenant}", carbon_g=0.0, energy_source="declared", decision='{"candidates":[],"rejected":{}}',
+        request_id=request_id or f"req_{i:06d}",
+        ts=ts if ts is not None else time.time(),
+        tenant=tenant,
+        backend=backend,
+        backend_class="sovereign" if backend == "b2" else "datacenter",
+        zone="FR" if backend == "b2" else None,
+        model=model,
+        endpoint="chat/completions",
+        input_tokens=tin,
+        output_tokens=tout,
+        cost_usd=(tin * 0.15 + tout * 0.6) / 1e6 * (1 + i % 7),
+        energy_wh=(tin + tout) * 0.3 / 3600,
+        latency_ms=120.5 + i,
+        ttft_ms=None if i % 2 else 33.3,
+        outcome="ok",
+        tokens_source="upstream",
+        attempts=attempt,
+        stream=bool(i % 2),
+        attempt=attempt,
+        kind="request" if billed else "retry",
+        billed=billed,
+        key_id=f"key_{tenant}",
+        carbon_g=0.0,
+        energy_source="declared",
+        decision='{"candidates":[],"rejected":{}}',
     )
 
 
@@ -59,12 +86,30 @@ def mixed_records() -> list[UsageRecord]:
     out = []
     for i in range(60):
         day = (D1, D2, D3)[i % 3]
-        out.append(make_record(i, tenant=("acme", "other")[i % 2], ts=ts_of(day, 60.0 * i),
-                               backend=("b1", "b2")[i % 4 // 2], model=("m1", "m2")[i % 5 // 4],
-                               tokens=(i + 1, 2 * i), billed=True, attempt=2 if i % 6 == 0 else 1))
+        out.append(
+            make_record(
+                i,
+                tenant=("acme", "other")[i % 2],
+                ts=ts_of(day, 60.0 * i),
+                backend=("b1", "b2")[i % 4 // 2],
+                model=("m1", "m2")[i % 5 // 4],
+                tokens=(i + 1, 2 * i),
+                billed=True,
+                attempt=2 if i % 6 == 0 else 1,
+            )
+        )
         if i % 6 == 0:  # the failed first attempt of the same request, which still consumed tokens
-            out.append(make_record(i, tenant=("acme", "other")[i % 2], ts=ts_of(day, 60.0 * i), backend="b2",
-                                   tokens=(i + 1, 3), billed=False, attempt=1))
+            out.append(
+                make_record(
+                    i,
+                    tenant=("acme", "other")[i % 2],
+                    ts=ts_of(day, 60.0 * i),
+                    backend="b2",
+                    tokens=(i + 1, 3),
+                    billed=False,
+                    attempt=1,
+                )
+            )
     return out
 
 
@@ -262,7 +307,8 @@ async def test_enqueued_records_land_and_close_flushes_them(open_store: OpenStor
 
 @pytest.mark.asyncio
 async def test_an_enqueued_record_that_fails_is_logged_and_spares_its_batch(
-        open_store: OpenStore, caplog: pytest.LogCaptureFixture) -> None:
+    open_store: OpenStore, caplog: pytest.LogCaptureFixture
+) -> None:
     ledger = await open_store()
     bad = dataclasses.replace(make_record(7, ts=ts_of(D2)), tenant=None)  # NOT NULL
     caplog.set_level(logging.ERROR, logger="fedrouter.ledger")
@@ -310,16 +356,23 @@ async def test_sqlite_migrates_a_first_release_database(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
     conn.executescript(SQLITE_MIGRATIONS[0][0] + ";")
-    conn.execute("INSERT INTO usage VALUES ('req_a', ?, 'acme', 'b1', 'datacenter', NULL, 'm1', 'chat/completions', "
-                 "10, 5, 0.25, 0.5, 100.0, NULL, 'ok', 'upstream', 2, 0)", (ts_of(D1),))
+    conn.execute(
+        "INSERT INTO usage VALUES ('req_a', ?, 'acme', 'b1', 'datacenter', NULL, 'm1', 'chat/completions', "
+        "10, 5, 0.25, 0.5, 100.0, NULL, 'ok', 'upstream', 2, 0)",
+        (ts_of(D1),),
+    )
     conn.commit()
     conn.close()
     ledger = open_ledger(f"sqlite:///{path}")
     await ledger.start()
     try:
         [row] = await ledger.recent()
-        assert (row["event_id"], row["kind"], row["billed"], row["energy_source"]) == ("req_a:2", "request", True,
-                                                                                      "declared")
+        assert (row["event_id"], row["kind"], row["billed"], row["energy_source"]) == (
+            "req_a:2",
+            "request",
+            True,
+            "declared",
+        )
         totals = await ledger.totals("acme", D1, D1)
         assert (totals["requests"], totals["cost_usd"]) == (1, 0.25)
     finally:
@@ -337,9 +390,11 @@ def test_gateway_with_unawaited_ledger_still_records_every_request(start_sim_bac
         key = httpx.post(url + "/admin/v1/keys", headers=admin(), json={"tenant": "acme"}).json()["key"]
         ids = set()
         for stream in (False, True, False):
-            r = httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                           json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3,
-                                 "stream": stream})
+            r = httpx.post(
+                url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": stream},
+            )
             assert r.status_code == 200
             ids.add(r.headers["x-request-id"])
         deadline = time.monotonic() + 5

@@ -27,10 +27,21 @@ from tests.openai_schema import validate
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (0.0, "0ms"), (0.012, "12ms"), (0.9994, "1s"), (1.0, "1s"), (1.5, "1.5s"), (20.0, "20s"),
-    (360.0, "6m0s"), (252.172, "4m12.172s"), (3600.0, "1h0m0s"), (83909.144, "23h18m29.144s"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0ms"),
+        (0.012, "12ms"),
+        (0.9994, "1s"),
+        (1.0, "1s"),
+        (1.5, "1.5s"),
+        (20.0, "20s"),
+        (360.0, "6m0s"),
+        (252.172, "4m12.172s"),
+        (3600.0, "1h0m0s"),
+        (83909.144, "23h18m29.144s"),
+    ],
+)
 def test_durations_are_written_as_openai_does(seconds, text):
     assert duration(seconds) == text
 
@@ -75,15 +86,40 @@ async def admission(request, tmp_path):
         await client.aclose()
 
 
-def _demand(limits: RateLimits, key_limits: RateLimits | None = None, *, tokens: int = 10, stream: bool = False,
-            key_id: str = "key_a") -> Demand:
-    return Demand("req_" + secrets.token_hex(6), "acme", key_id, limits, key_limits, (), tokens, ZERO, stream,
-                  time.time())
+def _demand(
+    limits: RateLimits,
+    key_limits: RateLimits | None = None,
+    *,
+    tokens: int = 10,
+    stream: bool = False,
+    key_id: str = "key_a",
+) -> Demand:
+    return Demand(
+        "req_" + secrets.token_hex(6), "acme", key_id, limits, key_limits, (), tokens, ZERO, stream, time.time()
+    )
 
 
 def _record(tokens_in: int, tokens_out: int) -> UsageRecord:
-    return UsageRecord("req_x", time.time(), "acme", "dc1", "datacenter", None, "m1", "chat/completions", tokens_in,
-                       tokens_out, 0.0, 0.0, 1.0, None, "ok", "upstream", 1, False)
+    return UsageRecord(
+        "req_x",
+        time.time(),
+        "acme",
+        "dc1",
+        "datacenter",
+        None,
+        "m1",
+        "chat/completions",
+        tokens_in,
+        tokens_out,
+        0.0,
+        0.0,
+        1.0,
+        None,
+        "ok",
+        "upstream",
+        1,
+        False,
+    )
 
 
 @pytest.mark.asyncio
@@ -93,7 +129,9 @@ async def test_requests_per_minute(admission):
     second = await admission.admit(_demand(limits))
     assert first.headers["x-ratelimit-limit-requests"] == "2"
     assert [first.headers["x-ratelimit-remaining-requests"], second.headers["x-ratelimit-remaining-requests"]] == [
-        "1", "0"]
+        "1",
+        "0",
+    ]
     # The window's oldest request leaves it a minute after it came, less the time admission took
     # (a Redis round trip can take a few ms on a loaded machine).
     reset = second.headers["x-ratelimit-reset-requests"]
@@ -155,8 +193,9 @@ async def test_a_refused_request_takes_nothing_and_the_tighter_limit_is_reported
 
 def test_429_carries_openai_rate_limit_headers(start_sim_backend, start_gateway):
     sim = start_sim_backend("dc1")
-    gw = start_gateway([backend_entry(sim)], [{"name": "acme", "limits": {"requests_per_minute": 3,
-                                                                         "tokens_per_minute": 100_000}}])
+    gw = start_gateway(
+        [backend_entry(sim)], [{"name": "acme", "limits": {"requests_per_minute": 3, "tokens_per_minute": 100_000}}]
+    )
     body = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
     remaining = []
     for _ in range(3):
@@ -213,8 +252,9 @@ def test_concurrent_stream_limit_over_http(start_sim_backend, start_gateway):
 def test_a_key_limit_narrows_only_that_key(start_sim_backend, start_gateway):
     sim = start_sim_backend("dc1")
     gw = start_gateway([backend_entry(sim)], [{"name": "acme", "limits": {"requests_per_minute": 50}}])
-    created = httpx.post(gw.url + "/admin/v1/keys", headers=gw.admin(),
-                         json={"tenant": "acme", "limits": {"requests_per_minute": 1}})
+    created = httpx.post(
+        gw.url + "/admin/v1/keys", headers=gw.admin(), json={"tenant": "acme", "limits": {"requests_per_minute": 1}}
+    )
     narrow = {"authorization": f"Bearer {created.json()['key']}"}
     body = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     assert httpx.post(gw.url + "/v1/chat/completions", headers=narrow, json=body).status_code == 200

@@ -35,8 +35,9 @@ REPLY = "The quick brown fox jumps over the lazy dog."
 
 
 def anthropic_info() -> BackendInfo:
-    return BackendInfo(name="anth", backend_class="datacenter", type="litellm",
-                       models={"claude-haiku": f"anthropic/{UPSTREAM}"})
+    return BackendInfo(
+        name="anth", backend_class="datacenter", type="litellm", models={"claude-haiku": f"anthropic/{UPSTREAM}"}
+    )
 
 
 def make_provider(port: int, **timeouts: float) -> Any:
@@ -108,8 +109,16 @@ def free_port() -> int:
 
 
 async def test_registry_builds_it() -> None:
-    built = registry.build("litellm", anthropic_info(), "http://127.0.0.1:1", "sk-ant-test", connect_timeout=1.0,
-                           first_token_timeout=2.0, idle_timeout=3.0, total_timeout=4.0)
+    built = registry.build(
+        "litellm",
+        anthropic_info(),
+        "http://127.0.0.1:1",
+        "sk-ant-test",
+        connect_timeout=1.0,
+        first_token_timeout=2.0,
+        idle_timeout=3.0,
+        total_timeout=4.0,
+    )
     assert isinstance(built, Provider)
     await built.close()
 
@@ -151,15 +160,19 @@ async def test_stream_yields_chunks_then_a_usage_chunk(provider: Any, sim: SimCo
     assert text == " ".join(REPLY.split()[:9]) + " "
     assert finish["choices"][0]["finish_reason"] == "length"
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 9,
-                              "total_tokens": PROMPT_TOKENS + 9}
+    assert usage["usage"] == {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 9, "total_tokens": PROMPT_TOKENS + 9}
     assert len({c["id"] for c in chunks}) == 1
     assert (await sim.get("last_request"))["body"]["stream"] is True
 
 
 async def test_client_fields_cannot_steer_litellm(provider: Any, sim: SimControl) -> None:
-    steer = {"api_base": f"http://127.0.0.1:{free_port()}", "api_key": "sk-stolen", "mock_response": "mocked",
-             "num_retries": 5, "metadata": {"k": "v"}}
+    steer = {
+        "api_base": f"http://127.0.0.1:{free_port()}",
+        "api_key": "sk-stolen",
+        "mock_response": "mocked",
+        "num_retries": 5,
+        "metadata": {"k": "v"},
+    }
     resp = await provider.complete(chat(max_tokens=2, **steer))
     assert resp.data["choices"][0]["message"]["content"] == "The quick "
     last = await sim.get("last_request")
@@ -175,8 +188,7 @@ async def test_params_the_provider_lacks_are_dropped(provider: Any, sim: SimCont
 
 
 @pytest.mark.parametrize("extra", [{"n": 2}, {"logprobs": True}])
-async def test_params_that_shape_the_answer_are_refused(provider: Any, sim: SimControl,
-                                                        extra: dict[str, Any]) -> None:
+async def test_params_that_shape_the_answer_are_refused(provider: Any, sim: SimControl, extra: dict[str, Any]) -> None:
     with pytest.raises(ProviderError) as caught:
         await provider.complete(chat(**extra))
     err = caught.value
@@ -200,11 +212,14 @@ async def test_legacy_completions_are_refused(provider: Any, sim: SimControl) ->
 
 
 # 401 and 404 are the backend's (its key, its models): another backend may serve the request.
-@pytest.mark.parametrize(("status", "retryable"), [(429, True), (500, True), (503, True), (400, False),
-                                                   (422, False), (401, True), (404, True)])
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(429, True), (500, True), (503, True), (400, False), (422, False), (401, True), (404, True)],
+)
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_upstream_status_maps_to_provider_error(provider: Any, sim: SimControl, status: int,
-                                                      retryable: bool, streaming: bool) -> None:
+async def test_upstream_status_maps_to_provider_error(
+    provider: Any, sim: SimControl, status: int, retryable: bool, streaming: bool
+) -> None:
     await sim.set(fail_status=status, fail_count=1)
     with pytest.raises(ProviderError) as caught:
         await (provider.stream(chat()) if streaming else provider.complete(chat()))
@@ -213,8 +228,9 @@ async def test_upstream_status_maps_to_provider_error(provider: Any, sim: SimCon
     error = error_of(err)
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"] == f"Simulated failure with status {status} from anth"
-    assert error["type"] == ("requests" if status == 429 else "server_error" if status >= 500
-                             else "invalid_request_error")
+    assert error["type"] == (
+        "requests" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    )
     if status == 429:
         assert err.retry_after == 0.0
     assert (await sim.get("stats"))["requests"] == 1  # litellm did not retry
@@ -283,16 +299,27 @@ async def test_total_timeout(sim: SimControl) -> None:
 
 # -- tool calls and embeddings, through litellm's OpenAI route to the sim ------------------------
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"location": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+        },
+    }
+]
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def openai_route(sim: SimControl) -> Any:
     from providers.litellm_backed import LiteLLMProvider
 
-    info = BackendInfo(name="via-litellm", backend_class="datacenter", type="litellm",
-                       models={"m": "openai/sim-model", "e": "openai/sim-embed"})
+    info = BackendInfo(
+        name="via-litellm",
+        backend_class="datacenter",
+        type="litellm",
+        models={"m": "openai/sim-model", "e": "openai/sim-embed"},
+    )
     return LiteLLMProvider(info, base_url=f"{sim.url}/v1", api_key="sk-test")
 
 

@@ -103,9 +103,19 @@ def test_busy_port_fails_clearly(server: LocalModelServer) -> None:
 
 def test_through_the_gateway_end_to_end(server: LocalModelServer, start_gateway) -> None:
     """A real model behind the gateway: routed, relayed, metered."""
-    gw = start_gateway([{"name": "llama-local", "class": "volunteer", "type": "openai", "base_url": server.base_url,
-                         "models": {"smollm2": "smollm2-135m"}, "price": {"input": 0, "output": 0},
-                         "energy": {"joules_per_token": 0.05}}])
+    gw = start_gateway(
+        [
+            {
+                "name": "llama-local",
+                "class": "volunteer",
+                "type": "openai",
+                "base_url": server.base_url,
+                "models": {"smollm2": "smollm2-135m"},
+                "price": {"input": 0, "output": 0},
+                "energy": {"joules_per_token": 0.05},
+            }
+        ]
+    )
     client = gw.client("acme", timeout=60)
     reply = client.chat.completions.with_raw_response.create(model="smollm2", messages=MESSAGES, max_tokens=6)
     assert reply.headers["x-fedrouter-backend"] == "llama-local"

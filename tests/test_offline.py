@@ -43,10 +43,16 @@ def test_destinations_are_parsed_from_strace_lines() -> None:
         '12 connect(7, {sa_family=AF_INET, sin_port=htons(443), sin_addr=inet_addr("140.82.112.3")}, 16) = 0\n'
         '13 sendto(9, "x", 1, MSG_NOSIGNAL, {sa_family=AF_INET6, sin6_port=htons(53), sin6_flowinfo=htonl(0), '
         'inet_pton(AF_INET6, "2001:4860::8888", &sin6_addr), sin6_scope_id=0}, 28) = 1\n'
-        '14 connect(3, {sa_family=AF_UNIX, sun_path="/run/x"}, 110) = 0\n')
+        '14 connect(3, {sa_family=AF_UNIX, sun_path="/run/x"}, 110) = 0\n'
+    )
     assert destinations(trace) == {("140.82.112.3", 443), ("2001:4860::8888", 53)}
     assert [loopback(a) for a in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "10.0.0.1", "2001:4860::8888")] == [
-        True, True, True, False, False]
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def loopback(address: str) -> bool:
@@ -67,22 +73,42 @@ def test_the_gateway_reaches_nothing_but_its_backends(start_sim_backend, tmp_pat
     local = start_sim_backend("local", ["m1"], omit_usage=True)  # its streams carry no usage: counted here
     anthropic = start_sim_backend("anth", [ANTHROPIC_MODEL])
     cfg = tmp_path / "fed.yaml"
-    litellm_entry = {"name": "anth", "class": "datacenter", "type": "litellm",
-                     "base_url": f"http://127.0.0.1:{anthropic.port}", "api_key": "env:ANTH_KEY",
-                     "models": {"claude-haiku": f"anthropic/{ANTHROPIC_MODEL}"},
-                     "energy": {"joules_per_token": 0.5}}  # no price: litellm's map gives it
-    cfg.write_text(yaml.safe_dump({"backends": [backend_entry(local), litellm_entry],
-                                   "tenants": [{"name": "acme"}]}))
+    litellm_entry = {
+        "name": "anth",
+        "class": "datacenter",
+        "type": "litellm",
+        "base_url": f"http://127.0.0.1:{anthropic.port}",
+        "api_key": "env:ANTH_KEY",
+        "models": {"claude-haiku": f"anthropic/{ANTHROPIC_MODEL}"},
+        "energy": {"joules_per_token": 0.5},
+    }  # no price: litellm's map gives it
+    cfg.write_text(yaml.safe_dump({"backends": [backend_entry(local), litellm_entry], "tenants": [{"name": "acme"}]}))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     trace = tmp_path / "strace.log"
-    env = {"FEDROUTER_ADMIN_KEY": ADMIN_KEY, "ANTH_KEY": "sk-ant-test", "PATH": "/usr/bin:/bin",
-           "HOME": str(tmp_path)}
-    command = ["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg,sendmmsg", "-e", "signal=none",
-               "-o", str(trace), sys.executable, "-c", "from router.cli import main; main()",
-               "serve", "--config", str(cfg), "--port", str(port), "--ledger", f"sqlite:///{tmp_path / 'l.db'}"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          cwd=tmp_path) as strace:
+    env = {"FEDROUTER_ADMIN_KEY": ADMIN_KEY, "ANTH_KEY": "sk-ant-test", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    command = [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=connect,sendto,sendmsg,sendmmsg",
+        "-e",
+        "signal=none",
+        "-o",
+        str(trace),
+        sys.executable,
+        "-c",
+        "from router.cli import main; main()",
+        "serve",
+        "--config",
+        str(cfg),
+        "--port",
+        str(port),
+        "--ledger",
+        f"sqlite:///{tmp_path / 'l.db'}",
+    ]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path) as strace:
         try:
             _wait_ready(url + "/healthz", strace, timeout=60)  # type: ignore[arg-type]
             admin = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -91,8 +117,11 @@ def test_the_gateway_reaches_nothing_but_its_backends(start_sim_backend, tmp_pat
             hi = [{"role": "user", "content": "Say hello"}]
             for model in ("m1", "claude-haiku"):
                 assert client.chat.completions.create(model=model, messages=hi, max_tokens=5).choices[0].message
-                chunks = list(client.chat.completions.create(model=model, messages=hi, max_tokens=5, stream=True,
-                                                             stream_options={"include_usage": True}))
+                chunks = list(
+                    client.chat.completions.create(
+                        model=model, messages=hi, max_tokens=5, stream=True, stream_options={"include_usage": True}
+                    )
+                )
                 assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
             client.close()
             usage = httpx.get(url + "/admin/v1/usage", params={"tenant": "acme"}, headers=admin, timeout=10).json()

@@ -28,8 +28,9 @@ needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None, reason
 
 
 def promtool(*args: str, stdin: str | None = None, cwd: Path | None = None) -> str:
-    result = subprocess.run(["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60,
-                            check=False, cwd=cwd)
+    result = subprocess.run(
+        ["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60, check=False, cwd=cwd
+    )
     assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
     return result.stdout + result.stderr
 
@@ -45,8 +46,14 @@ def scrape_config(tmp: Path, targets: dict[str, tuple[int, str]], interval: str 
     for name, (port, key) in targets.items():
         credentials = tmp / f"{name}.key"
         credentials.write_text(key)
-        jobs.append({**job, "job_name": name, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
-                     "authorization": {**job["authorization"], "credentials_file": str(credentials)}})
+        jobs.append(
+            {
+                **job,
+                "job_name": name,
+                "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                "authorization": {**job["authorization"], "credentials_file": str(credentials)},
+            }
+        )
     config["scrape_configs"] = jobs
     path = tmp / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
@@ -59,11 +66,13 @@ def gw(start_sim_backend, start_gateway):
     gateway = start_gateway([backend_entry(sim)])
     client = gateway.client()
     client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
-    for chunk in client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}],
-                                                max_tokens=3, stream=True):
+    for chunk in client.chat.completions.create(
+        model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True
+    ):
         assert chunk.object == "chat.completion.chunk"
-    assert httpx.post(gateway.url + "/v1/chat/completions", headers=gateway.auth(),
-                      json={"model": "nope", "messages": []}).status_code in (400, 404)
+    assert httpx.post(
+        gateway.url + "/v1/chat/completions", headers=gateway.auth(), json={"model": "nope", "messages": []}
+    ).status_code in (400, 404)
     return gateway
 
 
@@ -78,10 +87,14 @@ def test_alert_rules_fire_when_they_should() -> None:
     traffic it must not fire on (clients' own errors, a backend only one replica ejected)."""
     output = promtool("test", "rules", "alerts_test.yml", cwd=PROMETHEUS_DIR)
     assert "SUCCESS" in output
-    tested = {case["alertname"] for group in yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())["tests"]
-              for case in group["alert_rule_test"]}
-    assert tested == {rule["alert"] for group in yaml.safe_load(ALERTS.read_text())["groups"]
-                      for rule in group["rules"]}
+    tested = {
+        case["alertname"]
+        for group in yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())["tests"]
+        for case in group["alert_rule_test"]
+    }
+    assert tested == {
+        rule["alert"] for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]
+    }
 
 
 @needs_promtool
@@ -111,9 +124,18 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
     def start(config: Path) -> str:
         port = _free_port()
         with (tmp_path / "prometheus.log").open("wb") as log:
-            running.append(subprocess.Popen(
-                ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT))
+            running.append(
+                subprocess.Popen(
+                    [
+                        "prometheus",
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={tmp_path / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{port}",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -142,13 +164,17 @@ def _query(url: str, expr: str) -> list[dict[str, Any]]:
 def test_prometheus_scrapes_the_gateway_with_the_admin_key(gw, prometheus, tmp_path: Path) -> None:
     """The shipped job, given a wrong key, is down and its alert pending; a copy of the job with the
     admin key scrapes the gateway's series, on which every rule evaluates without error."""
-    url = prometheus(scrape_config(tmp_path, {"fedrouter": (gw.port, "not-the-admin-key"),
-                                              "fedrouter-ok": (gw.port, ADMIN_KEY)}, interval="1s"))
+    url = prometheus(
+        scrape_config(
+            tmp_path, {"fedrouter": (gw.port, "not-the-admin-key"), "fedrouter-ok": (gw.port, ADMIN_KEY)}, interval="1s"
+        )
+    )
 
     def scraped() -> dict[str, tuple[str, str]]:
         targets = httpx.get(url + "/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
         health = {t["labels"]["job"]: (t["health"], t["lastError"]) for t in targets}
         return health if len(health) == 2 and "unknown" not in {h for h, _ in health.values()} else {}
+
     health = wait_for(scraped, 20.0)
     assert health["fedrouter-ok"] == ("up", "")
     assert health["fedrouter"][0] == "down" and "401" in health["fedrouter"][1]
@@ -165,11 +191,13 @@ def test_prometheus_scrapes_the_gateway_with_the_admin_key(gw, prometheus, tmp_p
         rules = [rule for group in groups for rule in group["rules"]]
         # Go's zero time until a rule is first evaluated
         return rules if rules and not any(rule["lastEvaluation"].startswith("0001") for rule in rules) else []
+
     rules = wait_for(evaluated, 20.0)
     assert len(rules) == 6 and {rule["health"] for rule in rules} == {"ok"}, rules
 
     def alerts() -> list[tuple[str, str | None, str]]:
         found = httpx.get(url + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
         return [(a["labels"]["alertname"], a["labels"].get("job"), a["state"]) for a in found]
+
     # Pending, not firing: it needs 5 minutes. Nothing else fires on a healthy gateway.
     assert wait_for(alerts, 20.0) == [("FedrouterMetricsScrapeFailing", "fedrouter", "pending")]

@@ -51,21 +51,30 @@ tenants: [{{name: acme}}]
 routing: {{exploration: 0.0, retries_per_backend: 0, eject_after_failures: 2, eject_seconds: 30}}
 """)
     ledgers = [f"sqlite:///{tmp_path / f'gw{i}.db'}" for i in (1, 2)]
-    keys = [_run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", url).stdout.split()[-1]
-            for url in ledgers]
+    keys = [
+        _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", url).stdout.split()[-1]
+        for url in ledgers
+    ]
     ports = [_free_port(), _free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    with _spawn("serve", "--config", str(cfg), "--port", str(ports[0]), "--ledger", ledgers[0],
-                "--state", REDIS_URL) as one, \
-         _spawn("serve", "--config", str(cfg), "--port", str(ports[1]), "--ledger", ledgers[1],
-                "--state", REDIS_URL) as two:
+    with (
+        _spawn(
+            "serve", "--config", str(cfg), "--port", str(ports[0]), "--ledger", ledgers[0], "--state", REDIS_URL
+        ) as one,
+        _spawn(
+            "serve", "--config", str(cfg), "--port", str(ports[1]), "--ledger", ledgers[1], "--state", REDIS_URL
+        ) as two,
+    ):
         _wait_ready(urls[0] + "/healthz", one)
         _wait_ready(urls[1] + "/healthz", two)
 
         def ask(i: int) -> httpx.Response:
-            return httpx.post(urls[i] + "/v1/chat/completions", headers={"authorization": f"Bearer {keys[i]}"},
-                              json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
-                              timeout=10)
+            return httpx.post(
+                urls[i] + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {keys[i]}"},
+                json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+                timeout=10,
+            )
 
         assert ask(1).headers["x-fedrouter-backend"] == "a", "gateway 2 prefers a while it is healthy"
         a.set(fail_status=500)
@@ -122,8 +131,12 @@ async def test_replicas_share_measurements_counters_and_ejections(kind):
 
         await asyncio.sleep(0.45)  # the ejection lapses: one probe, across both replicas
         assert one.half_open("b", "m1") and two.half_open("b", "m1")
-        won = await asyncio.gather(one.claim_probe("b", "m1"), two.claim_probe("b", "m1"),
-                                   one.claim_probe("b", "m1"), two.claim_probe("b", "m1"))
+        won = await asyncio.gather(
+            one.claim_probe("b", "m1"),
+            two.claim_probe("b", "m1"),
+            one.claim_probe("b", "m1"),
+            two.claim_probe("b", "m1"),
+        )
         assert sum(won) == 1
         prober = (one, two)[won.index(True) % 2]
         prober.answered("b", "m1", probe=True)  # it answered: back in rotation everywhere

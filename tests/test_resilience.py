@@ -17,8 +17,9 @@ from tests.openai_schema import validate
 MSG = [{"role": "user", "content": "hello"}]
 
 
-def _post(gw, tenant: str = "acme", stream: bool = False, max_tokens: int = 2, client: httpx.Client | None = None,
-          **extra) -> httpx.Response:
+def _post(
+    gw, tenant: str = "acme", stream: bool = False, max_tokens: int = 2, client: httpx.Client | None = None, **extra
+) -> httpx.Response:
     body = {"model": "m1", "messages": MSG, "max_tokens": max_tokens, "stream": stream, **extra}
     return (client or httpx).post(gw.url + "/v1/chat/completions", headers=gw.auth(tenant), json=body, timeout=30)
 
@@ -31,16 +32,19 @@ def _backend(gw, name: str) -> dict:
 def _cheap_and_dear(start_sim_backend, **a_extra):
     a = start_sim_backend("a")
     b = start_sim_backend("b")
-    entries = [backend_entry(a, price={"input": 0.1, "output": 0.1}, energy={"joules_per_token": 0.1}, **a_extra),
-               backend_entry(b, price={"input": 5.0, "output": 5.0}, energy={"joules_per_token": 2.0})]
+    entries = [
+        backend_entry(a, price={"input": 0.1, "output": 0.1}, energy={"joules_per_token": 0.1}, **a_extra),
+        backend_entry(b, price={"input": 5.0, "output": 5.0}, energy={"joules_per_token": 2.0}),
+    ]
     return a, b, entries
 
 
 def test_failing_backend_is_ejected_then_probed_by_one_request(start_sim_backend, start_gateway):
     # "a" fails slowly (its answer never comes within its 0.2 s), so a probe overlaps other requests.
     a, _b, entries = _cheap_and_dear(start_sim_backend, timeouts={"total": 0.2})
-    gw = start_gateway(entries, routing={"exploration": 0.0, "retries_per_backend": 0, "eject_after_failures": 3,
-                                         "eject_seconds": 0.5})
+    gw = start_gateway(
+        entries, routing={"exploration": 0.0, "retries_per_backend": 0, "eject_after_failures": 3, "eject_seconds": 0.5}
+    )
     a.set(ttft_s=2.0)
     for _ in range(3):
         assert _post(gw).headers["x-fedrouter-backend"] == "b"
@@ -69,10 +73,18 @@ def test_never_more_than_the_share_cap_is_ejected(start_sim_backend, start_gatew
     sims = [start_sim_backend(f"s{i}") for i in range(4)]
     for sim in sims:
         sim.set(fail_status=500)
-    gw = start_gateway([backend_entry(s) for s in sims],
-                       routing={"exploration": 0.0, "retries_per_backend": 0, "max_attempts": 4,
-                                "eject_after_failures": 2, "eject_seconds": 30, "max_ejected_share": 0.5,
-                                "retry_budget": {"min_per_s": 100}})
+    gw = start_gateway(
+        [backend_entry(s) for s in sims],
+        routing={
+            "exploration": 0.0,
+            "retries_per_backend": 0,
+            "max_attempts": 4,
+            "eject_after_failures": 2,
+            "eject_seconds": 30,
+            "max_ejected_share": 0.5,
+            "retry_budget": {"min_per_s": 100},
+        },
+    )
     for _ in range(6):
         assert _post(gw).status_code == 503
     ejected = [s.name for s in sims if _backend(gw, s.name)["ejected"]]
@@ -89,10 +101,18 @@ def test_full_outage_attempts_stay_within_the_retry_budget(start_sim_backend, st
     a.set(fail_status=503)
     b.set(fail_status=503)
     # Ejection out of the way: this test is about the retry budget alone.
-    gw = start_gateway(entries, routing={
-        "exploration": 0.0, "max_attempts": 3, "retries_per_backend": 1, "backoff_initial": 0.001,
-        "eject_after_failures": 1000, "eject_min_requests": 1000,
-        "retry_budget": {"ratio": 0.2, "min_per_s": 0.5, "window_s": 10}})
+    gw = start_gateway(
+        entries,
+        routing={
+            "exploration": 0.0,
+            "max_attempts": 3,
+            "retries_per_backend": 1,
+            "backoff_initial": 0.001,
+            "eject_after_failures": 1000,
+            "eject_min_requests": 1000,
+            "retry_budget": {"ratio": 0.2, "min_per_s": 0.5, "window_s": 10},
+        },
+    )
     n = 50
     with httpx.Client() as client:
         for _ in range(n):
@@ -131,8 +151,9 @@ def test_load_shedding_refuses_at_once_while_streams_in_flight_finish(start_sim_
     gw = start_gateway([backend_entry(slow)], limits={"max_concurrency": 2})
     body = {"model": "m1", "messages": MSG, "max_tokens": 20, "stream": True}
     with httpx.Client(timeout=30) as client:
-        streams = [client.stream("POST", gw.url + "/v1/chat/completions", headers=gw.auth(), json=body)
-                   for _ in range(2)]
+        streams = [
+            client.stream("POST", gw.url + "/v1/chat/completions", headers=gw.auth(), json=body) for _ in range(2)
+        ]
         responses = [s.__enter__() for s in streams]
         lines = [r.iter_lines() for r in responses]
         for it in lines:  # both are in flight: their first event has arrived
@@ -158,15 +179,16 @@ def test_load_shedding_refuses_at_once_while_streams_in_flight_finish(start_sim_
 
 def _hedge_tenants() -> list[dict]:
     # "ta" goes to "a" first (cheaper), "tb" to "b" first (greener).
-    return [{"name": "ta", "policy": {"weights": {"price": 1}}},
-            {"name": "tb", "policy": {"weights": {"energy": 1}}}]
+    return [{"name": "ta", "policy": {"weights": {"price": 1}}}, {"name": "tb", "policy": {"weights": {"energy": 1}}}]
 
 
 def _hedge_pair(start_sim_backend):
     a = start_sim_backend("a", ttft_s=0.01, stall_s=1.0, stall_probability=0.0)
     b = start_sim_backend("b", ttft_s=0.01)
-    entries = [backend_entry(a, price={"input": 0.1, "output": 0.1}, energy={"joules_per_token": 2.0}),
-               backend_entry(b, price={"input": 5.0, "output": 5.0}, energy={"joules_per_token": 0.1})]
+    entries = [
+        backend_entry(a, price={"input": 0.1, "output": 0.1}, energy={"joules_per_token": 2.0}),
+        backend_entry(b, price={"input": 5.0, "output": 5.0}, energy={"joules_per_token": 0.1}),
+    ]
     return a, b, entries
 
 
@@ -191,8 +213,11 @@ def test_hedging_cuts_the_tail_of_a_backend_that_stalls_one_time_in_ten(start_si
     p99 = {}
     for hedging in (False, True):
         a, _b, entries = _hedge_pair(start_sim_backend)
-        gw = start_gateway(entries, tenants=_hedge_tenants(), routing={
-            "exploration": 0.0, "hedging": {"enabled": hedging, "delay": 0.2, "max_share": 0.05}})
+        gw = start_gateway(
+            entries,
+            tenants=_hedge_tenants(),
+            routing={"exploration": 0.0, "hedging": {"enabled": hedging, "delay": 0.2, "max_share": 0.05}},
+        )
         _run(gw, ["ta", "tb"] * 20)  # warm up: measurements and a request history
         a.set(stall_probability=0.1)
         results = _run(gw, workload)
@@ -212,8 +237,11 @@ def test_hedging_cuts_the_tail_of_a_backend_that_stalls_one_time_in_ten(start_si
 
 def test_hedge_after_p95_ttft_bills_only_the_winner(start_sim_backend, start_gateway):
     a, b, entries = _hedge_pair(start_sim_backend)
-    gw = start_gateway(entries, tenants=_hedge_tenants(), routing={
-        "exploration": 0.0, "hedging": {"enabled": True, "delay": "p95_ttft", "tenants": ["ta"]}})
+    gw = start_gateway(
+        entries,
+        tenants=_hedge_tenants(),
+        routing={"exploration": 0.0, "hedging": {"enabled": True, "delay": "p95_ttft", "tenants": ["ta"]}},
+    )
     _run(gw, ["ta"] * 30)  # 30 measurements of "a": a p95 of its time to first token
     p95 = _backend(gw, "a")["models"]["m1"]["ttft_p95_s"]
     assert p95 is not None and p95 < 0.2
@@ -249,8 +277,9 @@ def test_hedge_after_p95_ttft_bills_only_the_winner(start_sim_backend, start_gat
 
 def test_non_streamed_requests_are_hedged_too(start_sim_backend, start_gateway):
     a, _b, entries = _hedge_pair(start_sim_backend)
-    gw = start_gateway(entries, tenants=_hedge_tenants(), routing={
-        "exploration": 0.0, "hedging": {"enabled": True, "delay": 0.1}})
+    gw = start_gateway(
+        entries, tenants=_hedge_tenants(), routing={"exploration": 0.0, "hedging": {"enabled": True, "delay": 0.1}}
+    )
     _run(gw, ["ta"] * 20, stream=False)  # requests for the hedge budget to be a share of
     a.set(ttft_s=2.0)
     started = time.perf_counter()
@@ -264,4 +293,6 @@ def test_non_streamed_requests_are_hedged_too(start_sim_backend, start_gateway):
         rows = [x for x in gw.usage("ta")["recent"] if x["request_id"] == r.headers["x-request-id"]]
         time.sleep(0.05)
     assert sorted((x["kind"], x["backend"], bool(x["billed"])) for x in rows) == [
-        ("hedge", "a", False), ("request", "b", True)]
+        ("hedge", "a", False),
+        ("request", "b", True),
+    ]

@@ -29,6 +29,7 @@ from tests.test_policies import ALL, REQ, _constraints, _requests, _weights, can
 
 # ---- the fused scoring is the per-scorer reference, bit for bit ----------------------------
 
+
 def reference_score(candidates, req, weights):
     """The straightforward scoring the fused one replaced: every weighted scorer called per
     candidate, each column normalised, the weighted columns summed, a stable sort."""
@@ -41,8 +42,10 @@ def reference_score(candidates, req, weights):
     for (_, col), (_, w) in zip(columns, active, strict=True):
         share = w / total
         sums = [acc + share * v for acc, v in zip(sums, col, strict=True)]
-    scored = [Scored(c, value, {name: col[i] for name, col in columns})
-              for i, (c, value) in enumerate(zip(candidates, sums, strict=True))]
+    scored = [
+        Scored(c, value, {name: col[i] for name, col in columns})
+        for i, (c, value) in enumerate(zip(candidates, sums, strict=True))
+    ]
     return sorted(scored, key=lambda s: -s.score)
 
 
@@ -52,21 +55,47 @@ def _ranked(scored):
 
 # Few distinct values, so that ties and all-equal columns are common.
 _some = st.sampled_from
-_varied = st.lists(st.builds(
-    lambda i, cls, zone, price, energy, intensity, trust, ctx, caps, conc, ttft, tps, inflight, err, ej: cand(
-        f"b{i}", cls, zone, price, energy, intensity, trust, ctx, caps, conc, ttft_s=ttft, tokens_per_s=tps,
-        inflight=inflight, error_rate=err, ejected=ej),
-    st.integers(0, 10**6), _some(sorted(ALL)), _some([None, "FR", "US"]),
-    st.one_of(_some([None, (1.0, 2.0), (0.0, 0.0), (0.5, 4.0)]), st.tuples(st.floats(0, 20), st.floats(0, 40))),
-    st.one_of(_some([None, (0.5, 0.5, "declared"), (0.0, 0.3, "derived")]),
-              st.tuples(st.floats(0, 2), st.floats(0, 2), st.just("measured"))),
-    st.one_of(_some([None, 100.0, 0.0]), st.floats(0, 900)), st.one_of(st.none(), st.floats(0, 1)),
-    st.one_of(st.none(), st.integers(1, 4000)),
-    st.one_of(st.none(), st.frozensets(st.sampled_from(["tools", "json_mode", "vision"]))),
-    _some([None, 1, 4, 16]), st.one_of(_some([None, 0.0, 0.2]), st.floats(0, 5)),
-    st.one_of(_some([None, 0.0, 50.0]), st.floats(0.01, 2000)), st.integers(0, 6),  # 1/tps stays finite
-    st.one_of(_some([0.0, 0.5]), st.floats(0, 1)), st.booleans(),
-), max_size=16, unique_by=lambda c: c.info.name)
+_varied = st.lists(
+    st.builds(
+        lambda i, cls, zone, price, energy, intensity, trust, ctx, caps, conc, ttft, tps, inflight, err, ej: cand(
+            f"b{i}",
+            cls,
+            zone,
+            price,
+            energy,
+            intensity,
+            trust,
+            ctx,
+            caps,
+            conc,
+            ttft_s=ttft,
+            tokens_per_s=tps,
+            inflight=inflight,
+            error_rate=err,
+            ejected=ej,
+        ),
+        st.integers(0, 10**6),
+        _some(sorted(ALL)),
+        _some([None, "FR", "US"]),
+        st.one_of(_some([None, (1.0, 2.0), (0.0, 0.0), (0.5, 4.0)]), st.tuples(st.floats(0, 20), st.floats(0, 40))),
+        st.one_of(
+            _some([None, (0.5, 0.5, "declared"), (0.0, 0.3, "derived")]),
+            st.tuples(st.floats(0, 2), st.floats(0, 2), st.just("measured")),
+        ),
+        st.one_of(_some([None, 100.0, 0.0]), st.floats(0, 900)),
+        st.one_of(st.none(), st.floats(0, 1)),
+        st.one_of(st.none(), st.integers(1, 4000)),
+        st.one_of(st.none(), st.frozensets(st.sampled_from(["tools", "json_mode", "vision"]))),
+        _some([None, 1, 4, 16]),
+        st.one_of(_some([None, 0.0, 0.2]), st.floats(0, 5)),
+        st.one_of(_some([None, 0.0, 50.0]), st.floats(0.01, 2000)),
+        st.integers(0, 6),  # 1/tps stays finite
+        st.one_of(_some([0.0, 0.5]), st.floats(0, 1)),
+        st.booleans(),
+    ),
+    max_size=16,
+    unique_by=lambda c: c.info.name,
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -115,17 +144,27 @@ class Clock:
         return self.now
 
 
-def federation(n: int, *, k: int = 4, exploration: float = 0.0, classes=("datacenter",), conc=None, seed=0,
-               unmeasured=()):
+def federation(
+    n: int, *, k: int = 4, exploration: float = 0.0, classes=("datacenter",), conc=None, seed=0, unmeasured=()
+):
     """``n`` backends of model ``m``; backend ``b{i}`` is dearer the smaller ``i`` (the cheapest
     come last in the config, so that finding them is not a matter of reading the first K)."""
     rng = random.Random(seed)
-    infos = [BackendInfo(f"b{i}", classes[i % len(classes)], "openai", {"m": "m"}, zone="FR",
-                         prices={"m": (float(n - i), 2.0 * (n - i))}, joules_per_token=rng.uniform(0.1, 2),
-                         max_concurrency=conc) for i in range(n)]
+    infos = [
+        BackendInfo(
+            f"b{i}",
+            classes[i % len(classes)],
+            "openai",
+            {"m": "m"},
+            zone="FR",
+            prices={"m": (float(n - i), 2.0 * (n - i))},
+            joules_per_token=rng.uniform(0.1, 2),
+            max_concurrency=conc,
+        )
+        for i in range(n)
+    ]
     clock = Clock()
-    stats = StatsBook(MemoryStore(), EjectionPolicy.of(RoutingConfig()), {"m": [i.name for i in infos]},
-                      clock=clock)
+    stats = StatsBook(MemoryStore(), EjectionPolicy.of(RoutingConfig()), {"m": [i.name for i in infos]}, clock=clock)
     for info in infos:
         if info.name not in unmeasured:
             measure(stats, info.name, ttft_s=0.5)
@@ -154,7 +193,8 @@ def test_a_group_of_at_most_k_is_planned_as_the_reference():
         in_config = sorted((s.candidate for s in plan.order), key=lambda c: int(c.info.name[1:]))
         reference = reference_score(in_config, SHAPE, policy.weights)
         assert [(s.candidate.info.name, s.score, s.parts) for s in plan.order] == [
-            (s.candidate.info.name, s.score, s.parts) for s in reference]
+            (s.candidate.info.name, s.score, s.parts) for s in reference
+        ]
         assert plan.rejected == {}
 
 
@@ -184,8 +224,11 @@ def test_busy_backends_are_passed_over_and_named():
     stats.started("b37", "m")
     plan = planner.plan("m", tenant(), SHAPE)
     assert names(plan) == ["b38", "b36", "b35", "b34"]
-    assert plan.rejected == {"b39": "at its concurrency limit", "b37": "at its concurrency limit",
-                             "(not examined)": "34 backends ranked below those considered"}
+    assert plan.rejected == {
+        "b39": "at its concurrency limit",
+        "b37": "at its concurrency limit",
+        "(not examined)": "34 backends ranked below those considered",
+    }
 
 
 @pytest.mark.asyncio
@@ -234,8 +277,9 @@ def test_the_dry_run_lists_every_backend_and_the_record_counts_the_rest():
 
 _policies = st.builds(
     PolicySpec,
-    weights=st.fixed_dictionaries({k: st.floats(0, 10) for k in ("latency", "price", "energy", "trust")}).filter(
-        lambda w: sum(w.values()) > 0).map(lambda w: Weights(**w)),
+    weights=st.fixed_dictionaries({k: st.floats(0, 10) for k in ("latency", "price", "energy", "trust")})
+    .filter(lambda w: sum(w.values()) > 0)
+    .map(lambda w: Weights(**w)),
     max_price=st.one_of(st.none(), st.builds(MaxPrice, completion=st.floats(0, 80))),
     max_carbon_g=st.one_of(st.none(), st.floats(0.001, 1.0)),
     min_trust=st.one_of(st.none(), st.floats(0, 1)),
@@ -265,10 +309,13 @@ def test_a_large_group_never_breaks_a_hard_constraint(policy, seed, prompt, outp
 
 def test_routing_consider_sets_how_many_backends_of_a_large_group_are_scored(start_sim_backend, start_gateway):
     sim = start_sim_backend("one-sim")  # twelve backends in the config, all served by one simulator
-    gw = start_gateway([backend_entry(sim, name=f"b{i:02d}", price={"input": i, "output": i}) for i in range(12)],
-                       routing={"consider": 5, "exploration": 0.0})
+    gw = start_gateway(
+        [backend_entry(sim, name=f"b{i:02d}", price={"input": i, "output": i}) for i in range(12)],
+        routing={"consider": 5, "exploration": 0.0},
+    )
     reply = gw.client().chat.completions.with_raw_response.create(
-        model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
     assert reply.headers["x-fedrouter-backend"] == "b00"  # the cheapest, under a balanced policy
     rows = [r for r in gw.usage("acme")["recent"] if r["request_id"] == reply.headers["x-request-id"]]
     decision = orjson.loads(rows[0]["decision"])  # as stored: JSON text

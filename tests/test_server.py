@@ -124,8 +124,9 @@ class Wire:
             return False
 
 
-def request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-            version: str = "HTTP/1.1") -> bytes:
+def request(
+    method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, version: str = "HTTP/1.1"
+) -> bytes:
     lines = [f"{method} {path} {version}", "host: 127.0.0.1"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     if body or method == "POST":
@@ -133,12 +134,24 @@ def request(method: str, path: str, body: bytes = b"", headers: dict[str, str] |
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def chat(gw: Gateway, max_tokens: int = 2, *, stream: bool = False, extra: dict[str, str] | None = None,
-         version: str = "HTTP/1.1") -> bytes:
-    body = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}],
-                         "max_tokens": max_tokens, "stream": stream})
-    return request("POST", "/v1/chat/completions", body,
-                   {**gw.auth(), "content-type": "application/json", **(extra or {})}, version)
+def chat(
+    gw: Gateway,
+    max_tokens: int = 2,
+    *,
+    stream: bool = False,
+    extra: dict[str, str] | None = None,
+    version: str = "HTTP/1.1",
+) -> bytes:
+    body = orjson.dumps(
+        {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "stream": stream}
+    )
+    return request(
+        "POST",
+        "/v1/chat/completions",
+        body,
+        {**gw.auth(), "content-type": "application/json", **(extra or {})},
+        version,
+    )
 
 
 def assert_openai_error(answer: Answer, status: int) -> dict[str, Any]:
@@ -395,8 +408,17 @@ def test_garbage_mid_stream_does_not_corrupt_the_stream(slow_gw: Gateway) -> Non
 
 def test_upgrade_request_is_refused_and_not_served(gw: Gateway) -> None:
     with Wire(gw.port) as wire:
-        wire.send(chat(gw, 2, extra={"connection": "Upgrade, HTTP2-Settings", "upgrade": "h2c",
-                                     "http2-settings": "AAMAAABkAARAAAAAAAIAAAAA"}))
+        wire.send(
+            chat(
+                gw,
+                2,
+                extra={
+                    "connection": "Upgrade, HTTP2-Settings",
+                    "upgrade": "h2c",
+                    "http2-settings": "AAMAAABkAARAAAAAAAIAAAAA",
+                },
+            )
+        )
         assert "upgrades are not supported" in assert_openai_error(wire.answer(), 400)["message"]
         assert wire.closed_by_server()
     time.sleep(0.2)  # a request run despite the refusal would reach the backend by now
@@ -413,7 +435,7 @@ def test_chunked_request_body_sent_slowly_is_accepted(gw: Gateway) -> None:
     with Wire(gw.port) as wire:
         wire.send(head.replace(b"content-length: 0\r\n", b""))
         for i in range(0, len(body), 17):
-            piece = body[i:i + 17]
+            piece = body[i : i + 17]
             wire.send(b"%x\r\n%b\r\n" % (len(piece), piece))
             time.sleep(0.02)
         wire.send(b"0\r\n\r\n")
@@ -461,8 +483,12 @@ def test_client_leaving_mid_stream_is_billed_as_disconnected(slow_gw: Gateway) -
     assert record is not None and record["outcome"] == "client_disconnected"
     assert record["output_tokens"] < 50
     assert wait_for(lambda: slow_gw.sims["slowgen"].stats()["cancelled_streams"] == 1)
-    resp = httpx.post(slow_gw.url + "/v1/chat/completions", headers=slow_gw.auth(), timeout=TIMEOUT,
-                      json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+    resp = httpx.post(
+        slow_gw.url + "/v1/chat/completions",
+        headers=slow_gw.auth(),
+        timeout=TIMEOUT,
+        json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+    )
     assert resp.status_code == 200
 
 
@@ -495,8 +521,9 @@ def test_admin_route_with_a_query_string(gw: Gateway) -> None:
     assert one.status == five.status == 200
     assert len(one.json()["recent"]) == 1 and len(five.json()["recent"]) == 2
     with Wire(gw.port) as wire:  # a streamed ASGI answer, then the connection carries on
-        wire.send(request("GET", "/admin/v1/usage/export?format=jsonl&from=2000-01-01&to=2100-01-01",
-                          headers=gw.admin()))
+        wire.send(
+            request("GET", "/admin/v1/usage/export?format=jsonl&from=2000-01-01&to=2100-01-01", headers=gw.admin())
+        )
         export = wire.answer()
         assert export.status == 200 and export.headers["transfer-encoding"] == "chunked"
         assert len(export.body.splitlines()) == 2
@@ -575,8 +602,9 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(worker_config: tuple[Pat
     with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
         _wait_ready(url + "/healthz", proc, timeout=30)
         fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection each time: either worker may take it
-        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}, limits=fresh,
-                          timeout=TIMEOUT) as client:
+        with httpx.Client(
+            base_url=url, headers={"authorization": f"Bearer {key}"}, limits=fresh, timeout=TIMEOUT
+        ) as client:
             # Ready means one worker answers; the other may still be importing. Wait for both.
             ready: set[str] = set()
             deadline = time.monotonic() + 15
@@ -585,8 +613,10 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(worker_config: tuple[Pat
             assert len(ready) == 2, "the second worker never answered"
 
             def complete(_: int) -> httpx.Response:
-                return client.post("/v1/chat/completions", json={
-                    "model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+                return client.post(
+                    "/v1/chat/completions",
+                    json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+                )
 
             with ThreadPoolExecutor(4) as pool:
                 answers = list(pool.map(complete, range(40)))
@@ -635,22 +665,33 @@ def test_the_app_also_serves_under_uvicorn(start_sim_backend: Callable[..., Sim]
     """The FastAPI app stays a plain ASGI app (its fast path included) for those who run it under
     another server: the same answers, streams and errors as under fedrouter's own server."""
     sim = start_sim_backend("uv1")
-    app = create_app(parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
-                     Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0))
+    app = create_app(
+        parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
+        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
+    )
     key = app.state.keys.create("acme")[0]
     server, thread, port = start_uvicorn(app)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         done = client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert done.object == "chat.completion" and done.usage is not None and done.usage.completion_tokens == 3
-        chunks = list(client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}],
-                                                     max_tokens=3, stream=True,
-                                                     stream_options={"include_usage": True}))
+        chunks = list(
+            client.chat.completions.create(
+                model="m1",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=3,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         assert chunks[-1].usage is not None and chunks[-1].choices == []
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
-        raw = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                         json={"model": "m1", "messages": [{"role": "user", "content": "hi"}]})
+        raw = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "m1", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert raw.headers["x-request-id"].startswith("req_") and raw.headers["x-fedrouter-backend"] == "uv1"
     finally:
         server.should_exit = True
@@ -661,8 +702,10 @@ def test_idle_connections_are_closed(start_sim_backend: Callable[..., Sim]) -> N
     """A kept-alive connection left silent, or a request never finished, does not hold a socket
     for ever; a connection in use is left alone."""
     sim = start_sim_backend("idle1")
-    app = create_app(parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
-                     Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0))
+    app = create_app(
+        parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
+        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
+    )
     server, thread, port = start_server(app, idle_s=0.6)
     try:
         with Wire(port) as kept, Wire(port) as unfinished, Wire(port) as busy:

@@ -17,8 +17,10 @@ CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tok
 
 
 def _config(sim, tenants=None):
-    return {"backends": [backend_entry(sim, models=["m1", "m2"])],
-            "tenants": tenants or [{"name": "acme", "limits": {"requests_per_minute": 100}}]}
+    return {
+        "backends": [backend_entry(sim, models=["m1", "m2"])],
+        "tenants": tenants or [{"name": "acme", "limits": {"requests_per_minute": 100}}],
+    }
 
 
 def _key(url, **body):
@@ -28,8 +30,9 @@ def _key(url, **body):
 
 
 def _chat(url, key, **extra):
-    return httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                      json={**CHAT, **extra}, timeout=10)
+    return httpx.post(
+        url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json={**CHAT, **extra}, timeout=10
+    )
 
 
 def _error(resp, status, code):
@@ -93,8 +96,11 @@ def test_expired_key_is_refused(gateway):
     time.sleep(1.2)
     _error(_chat(gateway, key["key"]), 401, "invalid_api_key")
     assert httpx.get(gateway + f"/admin/v1/keys/{key['id']}", headers=admin()).json()["status"] == "expired"
-    err = _error(httpx.post(gateway + "/admin/v1/keys", headers=admin(),
-                            json={"tenant": "acme", "expires_at": time.time() - 5}), 400, "invalid_value")
+    err = _error(
+        httpx.post(gateway + "/admin/v1/keys", headers=admin(), json={"tenant": "acme", "expires_at": time.time() - 5}),
+        400,
+        "invalid_value",
+    )
     assert err["param"] == "expires_at"
 
 
@@ -112,15 +118,22 @@ def test_model_allow_list_hides_other_models(gateway):
         client.close()
     everything = _key(gateway)["key"]
     assert _chat(gateway, everything, model="m2").status_code == 200
-    _error(httpx.post(gateway + "/admin/v1/keys", headers=admin(), json={"tenant": "acme", "models": ["nope"]}),
-           400, "model_not_found")
+    _error(
+        httpx.post(gateway + "/admin/v1/keys", headers=admin(), json={"tenant": "acme", "models": ["nope"]}),
+        400,
+        "model_not_found",
+    )
 
 
 def test_key_limits_never_exceed_the_tenant(gateway):
     before = httpx.get(gateway + "/admin/v1/keys", headers=admin()).json()["data"]
-    err = _error(httpx.post(gateway + "/admin/v1/keys", headers=admin(),
-                            json={"tenant": "acme", "limits": {"requests_per_minute": 101}}), 400,
-                 "limit_exceeds_tenant")
+    err = _error(
+        httpx.post(
+            gateway + "/admin/v1/keys", headers=admin(), json={"tenant": "acme", "limits": {"requests_per_minute": 101}}
+        ),
+        400,
+        "limit_exceeds_tenant",
+    )
     assert err["param"] == "limits.requests_per_minute"
     for bad in ({"requests_per_minute": -1}, {"requests_per_minute": "5"}, {"tokens_per_minute": 1.5}):
         resp = httpx.post(gateway + "/admin/v1/keys", headers=admin(), json={"tenant": "acme", "limits": bad})
@@ -134,25 +147,40 @@ def test_key_limits_never_exceed_the_tenant(gateway):
 
 
 def test_tenants_created_changed_and_deleted_through_the_api(gateway):
-    spec = {"name": "startup", "policy": "cheapest", "limits": {"requests_per_minute": 30},
-            "budgets": [{"metric": "usd", "period": "monthly", "hard": 5.0, "soft": 4.0}]}
+    spec = {
+        "name": "startup",
+        "policy": "cheapest",
+        "limits": {"requests_per_minute": 30},
+        "budgets": [{"metric": "usd", "period": "monthly", "hard": 5.0, "soft": 4.0}],
+    }
     resp = httpx.post(gateway + "/admin/v1/tenants", headers=admin(), json=spec)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["source"] == "api" and body["limits"] == {"requests_per_minute": 30}
-    assert body["budgets"][0] | {"since": None} == {"metric": "usd", "period": "monthly", "since": None,
-                                                   "hard": 5.0, "soft": 4.0, "spent": 0.0, "reserved": 0.0,
-                                                   "remaining": 5.0}
+    assert body["budgets"][0] | {"since": None} == {
+        "metric": "usd",
+        "period": "monthly",
+        "since": None,
+        "hard": 5.0,
+        "soft": 4.0,
+        "spent": 0.0,
+        "reserved": 0.0,
+        "remaining": 5.0,
+    }
     _error(httpx.post(gateway + "/admin/v1/tenants", headers=admin(), json=spec), 400, "tenant_exists")
     key = httpx.post(gateway + "/admin/v1/keys", headers=admin(), json={"tenant": "startup"}).json()["key"]
     assert _chat(gateway, key).status_code == 200
 
-    patched = httpx.patch(gateway + "/admin/v1/tenants/startup", headers=admin(),
-                          json={"limits": {"requests_per_minute": 40}})
+    patched = httpx.patch(
+        gateway + "/admin/v1/tenants/startup", headers=admin(), json={"limits": {"requests_per_minute": 40}}
+    )
     assert patched.status_code == 200 and patched.json()["limits"] == {"requests_per_minute": 40}
     assert patched.json()["budgets"][0]["hard"] == 5.0  # untouched fields stay
-    _error(httpx.patch(gateway + "/admin/v1/tenants/acme", headers=admin(), json={"allow_volunteer": True}),
-           400, "tenant_in_config")
+    _error(
+        httpx.patch(gateway + "/admin/v1/tenants/acme", headers=admin(), json={"allow_volunteer": True}),
+        400,
+        "tenant_in_config",
+    )
     _error(httpx.get(gateway + "/admin/v1/tenants/ghost", headers=admin()), 404, "tenant_not_found")
 
     assert httpx.delete(gateway + "/admin/v1/tenants/startup", headers=admin()).status_code == 200
@@ -167,44 +195,72 @@ def test_workers_without_shared_state_refuse_limits_and_budgets(start_sim_backen
     sim = start_sim_backend("dc1", models=["m1", "m2"])
     with serve(_config(sim, [{"name": "acme"}]), ledger=f"sqlite:///{tmp_path / 'gw.db'}", workers=2) as url:
         before = httpx.get(url + "/admin/v1/tenants", headers=admin()).json()
-        for spec in ({"name": "newco", "limits": {"requests_per_minute": 30}},
-                     {"name": "newco", "budgets": [{"metric": "usd", "period": "daily", "hard": 1.0}]}):
-            err = _error(httpx.post(url + "/admin/v1/tenants", headers=admin(), json=spec), 400,
-                         "shared_state_required")
+        for spec in (
+            {"name": "newco", "limits": {"requests_per_minute": 30}},
+            {"name": "newco", "budgets": [{"metric": "usd", "period": "daily", "hard": 1.0}]},
+        ):
+            err = _error(
+                httpx.post(url + "/admin/v1/tenants", headers=admin(), json=spec), 400, "shared_state_required"
+            )
             assert "--state redis://" in err["message"]
         assert httpx.get(url + "/admin/v1/tenants", headers=admin()).json() == before
 
         created = httpx.post(url + "/admin/v1/tenants", headers=admin(), json={"name": "newco", "policy": "cheapest"})
         assert created.status_code == 200, created.text
-        _error(httpx.patch(url + "/admin/v1/tenants/newco", headers=admin(),
-                           json={"limits": {"concurrent_streams": 2}}), 400, "shared_state_required")
+        _error(
+            httpx.patch(url + "/admin/v1/tenants/newco", headers=admin(), json={"limits": {"concurrent_streams": 2}}),
+            400,
+            "shared_state_required",
+        )
         assert httpx.get(url + "/admin/v1/tenants/newco", headers=admin()).json()["limits"] == {}
         keys = httpx.get(url + "/admin/v1/keys", headers=admin()).json()["data"]
-        _error(httpx.post(url + "/admin/v1/keys", headers=admin(),
-                          json={"tenant": "newco", "limits": {"requests_per_minute": 5}}), 400, "shared_state_required")
+        _error(
+            httpx.post(
+                url + "/admin/v1/keys", headers=admin(), json={"tenant": "newco", "limits": {"requests_per_minute": 5}}
+            ),
+            400,
+            "shared_state_required",
+        )
         assert httpx.get(url + "/admin/v1/keys", headers=admin()).json()["data"] == keys
         key = _key(url)["key"]  # a key without limits of its own is fine
         assert _chat(url, key).status_code == 200
 
     # The same, with shared state: allowed.
-    with serve(_config(sim, [{"name": "acme"}]), ledger=f"sqlite:///{tmp_path / 'gw2.db'}", workers=2,
-               state="redis://127.0.0.1:6379/0", state_prefix=f"fedrouter-test:{time.time_ns()}:") as url:
-        resp = httpx.post(url + "/admin/v1/tenants", headers=admin(),
-                          json={"name": "newco", "limits": {"requests_per_minute": 30}})
+    with serve(
+        _config(sim, [{"name": "acme"}]),
+        ledger=f"sqlite:///{tmp_path / 'gw2.db'}",
+        workers=2,
+        state="redis://127.0.0.1:6379/0",
+        state_prefix=f"fedrouter-test:{time.time_ns()}:",
+    ) as url:
+        resp = httpx.post(
+            url + "/admin/v1/tenants", headers=admin(), json={"name": "newco", "limits": {"requests_per_minute": 30}}
+        )
         assert resp.status_code == 200, resp.text
 
 
-@pytest.mark.parametrize(("change", "param", "fragment"), [
-    ({"budgets": [{"metric": "usd", "period": "daily", "hard": -1}]}, "budgets.0.hard", "greater than or equal"),
-    ({"budgets": [{"metric": "usd", "period": "daily", "hard": "10"}]}, "budgets.0.hard", "valid number"),
-    ({"budgets": [{"metric": "usd", "period": "daily", "hard": 1}, {"metric": "usd", "period": "daily", "hard": 2}]},
-     "budgets", "overlapping budgets"),
-    ({"budgets": [{"metric": "usd", "period": "weekly", "hard": 1}]}, "budgets.0.period", "'daily'"),
-    ({"budgets": [{"metric": "usd", "period": "daily", "hard": 1, "soft": 2}]}, "budgets.0", "above the hard"),
-    ({"limits": {"tokens_per_minute": 0}}, "limits.tokens_per_minute", "greater than 0"),
-    ({"limits": {"concurrent_streams": "many"}}, "limits.concurrent_streams", "valid integer"),
-    ({"name": "bad name!"}, "name", "pattern"),
-])
+@pytest.mark.parametrize(
+    ("change", "param", "fragment"),
+    [
+        ({"budgets": [{"metric": "usd", "period": "daily", "hard": -1}]}, "budgets.0.hard", "greater than or equal"),
+        ({"budgets": [{"metric": "usd", "period": "daily", "hard": "10"}]}, "budgets.0.hard", "valid number"),
+        (
+            {
+                "budgets": [
+                    {"metric": "usd", "period": "daily", "hard": 1},
+                    {"metric": "usd", "period": "daily", "hard": 2},
+                ]
+            },
+            "budgets",
+            "overlapping budgets",
+        ),
+        ({"budgets": [{"metric": "usd", "period": "weekly", "hard": 1}]}, "budgets.0.period", "'daily'"),
+        ({"budgets": [{"metric": "usd", "period": "daily", "hard": 1, "soft": 2}]}, "budgets.0", "above the hard"),
+        ({"limits": {"tokens_per_minute": 0}}, "limits.tokens_per_minute", "greater than 0"),
+        ({"limits": {"concurrent_streams": "many"}}, "limits.concurrent_streams", "valid integer"),
+        ({"name": "bad name!"}, "name", "pattern"),
+    ],
+)
 def test_bad_tenant_input_is_refused_and_nothing_is_written(gateway, change, param, fragment):
     before = httpx.get(gateway + "/admin/v1/tenants", headers=admin()).json()
     resp = httpx.post(gateway + "/admin/v1/tenants", headers=admin(), json={"name": "newco", **change})
@@ -269,6 +325,7 @@ def ok(capsys):
         code, out, err = _cli(capsys, *args)
         assert code == 0, err
         return out
+
     return run
 
 
@@ -280,13 +337,30 @@ def fails(capsys):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], err
         return lines[0]
+
     return run
 
 
 def test_cli_keys_and_tenants(cli_env, ok):
     cfg, ledger = cli_env
-    out = ok("keys", "create", "--tenant", "acme", "--config", cfg, "--ledger", ledger, "--name", "ci",
-              "--model", "m1", "--rpm", "5", "--expires-in", "3600")
+    out = ok(
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--config",
+        cfg,
+        "--ledger",
+        ledger,
+        "--name",
+        "ci",
+        "--model",
+        "m1",
+        "--rpm",
+        "5",
+        "--expires-in",
+        "3600",
+    )
     secret = out.strip().splitlines()[-1]
     key_id = out.split()[1]
     listed = ok("keys", "list", "--ledger", ledger)
@@ -302,8 +376,19 @@ def test_cli_keys_and_tenants(cli_env, ok):
     statuses = {line.split()[0]: line.split()[2] for line in ok("keys", "list", "--ledger", ledger).splitlines()}
     assert statuses == {key_id: "revoked", new_id: "revoked"}
 
-    ok("tenants", "create", "newco", "--ledger", ledger, "--rpm", "20", "--budget", "usd:monthly:100:80",
-        "--budget", "kwh:daily:2")
+    ok(
+        "tenants",
+        "create",
+        "newco",
+        "--ledger",
+        ledger,
+        "--rpm",
+        "20",
+        "--budget",
+        "usd:monthly:100:80",
+        "--budget",
+        "kwh:daily:2",
+    )
     tenants = ok("tenants", "list", "--config", cfg, "--ledger", ledger)
     assert "newco" in tenants and "usd/monthly hard=100.0 soft=80.0" in tenants and "acme" in tenants
     assert ok("keys", "create", "--tenant", "newco", "--ledger", ledger).strip().splitlines()[-1].startswith("fr-")

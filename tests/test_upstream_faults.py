@@ -23,15 +23,24 @@ Step = bytes | float  # bytes to write, or seconds to pause
 
 def chunk_event(text: str | None = None, finish: str | None = None, **extra: Any) -> bytes:
     delta = {"content": text} if text is not None else {}
-    body = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m1",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    body = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m1",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 def json_answer(body: dict[str, Any] | bytes, status: bytes = b"200 OK") -> bytes:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    return (b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (status, len(raw), raw))
+    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
+        status,
+        len(raw),
+        raw,
+    )
 
 
 class Scripted:
@@ -88,19 +97,33 @@ def _gateway(scripted: Scripted, start_sim_backend, start_gateway, **timeouts: f
     """The scripted upstream (cheapest, so tried first) and a good simulated one."""
     good = start_sim_backend("good")
     limits = {"connect": 2.0, "first_token": 5.0, "idle": 5.0, "total": 30.0, **timeouts}
-    gw = start_gateway([
-        {"name": "scripted", "class": "datacenter", "type": "openai", "base_url": f"http://127.0.0.1:{scripted.port}/v1",
-         "models": ["m1"], "price": {"input": 0, "output": 0}, "timeouts": limits},
-        backend_entry(good, price={"input": 9, "output": 9}),
-    ], routing={"exploration": 0.0, "eject_after_failures": 100})
+    gw = start_gateway(
+        [
+            {
+                "name": "scripted",
+                "class": "datacenter",
+                "type": "openai",
+                "base_url": f"http://127.0.0.1:{scripted.port}/v1",
+                "models": ["m1"],
+                "price": {"input": 0, "output": 0},
+                "timeouts": limits,
+            },
+            backend_entry(good, price={"input": 9, "output": 9}),
+        ],
+        routing={"exploration": 0.0, "eject_after_failures": 100},
+    )
     gw.sims = {"good": good}
     return gw
 
 
 def _stream(gw, **extra: Any) -> tuple[httpx.Response, list[dict[str, Any]], float]:
     started = time.monotonic()
-    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30,
-                      json={"model": "m1", "messages": MSG, "max_tokens": 4, "stream": True, **extra})
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        timeout=30,
+        json={"model": "m1", "messages": MSG, "max_tokens": 4, "stream": True, **extra},
+    )
     frames = [f.removeprefix("data: ") for f in resp.text.split("\n\n") if f]
     assert frames and (frames[-1] == "[DONE]" or "error" in frames[-1]), resp.text
     events = [orjson.loads(f) for f in frames if f != "[DONE]"]
@@ -116,9 +139,10 @@ def _text(events: list[dict[str, Any]]) -> str:
 
 @pytest.mark.parametrize("ending", [b"\r", b"\r\n"], ids=["cr", "crlf"])
 def test_every_sse_line_ending_is_understood(scripted, start_sim_backend, start_gateway, ending: bytes) -> None:
-    scripted.steps = [SSE_HEAD] + [e.replace(b"\n", ending) for e in
-                                   (chunk_event("Hello"), chunk_event(" there"), chunk_event(finish="stop"),
-                                    b"data: [DONE]\n\n")]
+    scripted.steps = [SSE_HEAD] + [
+        e.replace(b"\n", ending)
+        for e in (chunk_event("Hello"), chunk_event(" there"), chunk_event(finish="stop"), b"data: [DONE]\n\n")
+    ]
     gw = _gateway(scripted, start_sim_backend, start_gateway)
     resp, events, _ = _stream(gw)
     assert resp.headers["x-fedrouter-backend"] == "scripted"
@@ -167,7 +191,7 @@ def test_total_bounds_a_stream_that_keeps_going(scripted, start_sim_backend, sta
 
 def test_total_bounds_a_body_that_trickles_in(scripted, start_sim_backend, start_gateway) -> None:
     body = orjson.dumps({"id": "x", "object": "chat.completion", "choices": []})
-    head = json_answer(body)[:-len(body)]
+    head = json_answer(body)[: -len(body)]
     scripted.steps = [head] + [step for byte in body for step in (bytes([byte]), 0.1)]
     gw = _gateway(scripted, start_sim_backend, start_gateway, total=1.0)
     started = time.monotonic()
@@ -178,8 +202,13 @@ def test_total_bounds_a_body_that_trickles_in(scripted, start_sim_backend, start
 # -- answers that are not answers ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", [{"id": "x", "object": "chat.completion", "model": "m1"},
-                                  {"id": "x", "object": "chat.completion", "choices": None}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "x", "object": "chat.completion", "model": "m1"},
+        {"id": "x", "object": "chat.completion", "choices": None},
+    ],
+)
 def test_a_200_without_choices_falls_back(scripted, start_sim_backend, start_gateway, body) -> None:
     scripted.steps = [json_answer(body)]
     gw = _gateway(scripted, start_sim_backend, start_gateway)
@@ -195,24 +224,44 @@ def test_a_200_without_choices_falls_back(scripted, start_sim_backend, start_gat
 def test_a_backends_own_4xx_falls_back(scripted, start_sim_backend, start_gateway, status: bytes) -> None:
     """Its credentials or its models: nothing the client did, so another backend answers; alone,
     the client gets 503 naming the backend's answer, never a 401 that blames its own key."""
-    scripted.steps = [json_answer({"error": {"message": "upstream says no", "type": "x", "param": None,
-                                             "code": None}}, status=status)]
+    scripted.steps = [
+        json_answer({"error": {"message": "upstream says no", "type": "x", "param": None, "code": None}}, status=status)
+    ]
     gw = _gateway(scripted, start_sim_backend, start_gateway)
     resp = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, max_tokens=4)
     assert (resp.headers["x-fedrouter-backend"], resp.headers["x-fedrouter-attempts"]) == ("good", "2")
-    alone = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30, json={
-        "model": "m1", "messages": MSG, "max_tokens": 4, "provider": {"only": ["scripted"]}})
+    alone = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        timeout=30,
+        json={"model": "m1", "messages": MSG, "max_tokens": 4, "provider": {"only": ["scripted"]}},
+    )
     assert alone.status_code == 503, alone.text
     validate(alone.json(), "ErrorResponse")
     assert f"HTTP {status[:3].decode()}" in alone.json()["error"]["message"]
 
 
 def test_a_request_a_backend_refuses_is_relayed_not_retried(scripted, start_sim_backend, start_gateway) -> None:
-    scripted.steps = [json_answer({"error": {"message": "max_tokens is too large", "type": "invalid_request_error",
-                                             "param": "max_tokens", "code": None}}, status=b"400 Bad Request")]
+    scripted.steps = [
+        json_answer(
+            {
+                "error": {
+                    "message": "max_tokens is too large",
+                    "type": "invalid_request_error",
+                    "param": "max_tokens",
+                    "code": None,
+                }
+            },
+            status=b"400 Bad Request",
+        )
+    ]
     gw = _gateway(scripted, start_sim_backend, start_gateway)
-    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30,
-                      json={"model": "m1", "messages": MSG, "max_tokens": 4})
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        timeout=30,
+        json={"model": "m1", "messages": MSG, "max_tokens": 4},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["message"] == "max_tokens is too large"
     assert resp.headers["x-should-retry"] == "false" and scripted.requests == 1
 
@@ -220,14 +269,30 @@ def test_a_request_a_backend_refuses_is_relayed_not_retried(scripted, start_sim_
 # -- usage a backend reports ---------------------------------------------------------------------
 
 
-ANSWER = {"id": "x", "object": "chat.completion", "created": 1, "model": "m1",
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": None},
-                       "logprobs": None, "finish_reason": "stop"}]}
+ANSWER = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m1",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+}
 
 
-@pytest.mark.parametrize("usage", [{"prompt_tokens": -1000000, "completion_tokens": -5},
-                                   {"prompt_tokens": True, "completion_tokens": "3"},
-                                   {"prompt_tokens": 10**15, "completion_tokens": 2}])
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -1000000, "completion_tokens": -5},
+        {"prompt_tokens": True, "completion_tokens": "3"},
+        {"prompt_tokens": 10**15, "completion_tokens": 2},
+    ],
+)
 def test_unbelievable_usage_is_counted_instead(scripted, start_sim_backend, start_gateway, usage) -> None:
     scripted.steps = [json_answer({**ANSWER, "usage": usage})]
     gw = _gateway(scripted, start_sim_backend, start_gateway)
@@ -248,12 +313,16 @@ def test_a_partial_usage_counts_what_is_missing(scripted, start_sim_backend, sta
 
 
 @pytest.mark.parametrize("endpoint", ["chat/completions", "embeddings"])
-def test_an_answer_without_usage_gets_the_counts_it_was_billed_at(scripted, start_sim_backend, start_gateway,
-                                                                  endpoint: str) -> None:
+def test_an_answer_without_usage_gets_the_counts_it_was_billed_at(
+    scripted, start_sim_backend, start_gateway, endpoint: str
+) -> None:
     """OpenAI's answers always carry usage, and clients read it: the gateway's counts fill in."""
     if endpoint == "embeddings":
-        answer = {"object": "list", "model": "m1", "data": [{"object": "embedding", "index": 0,
-                                                            "embedding": [0.1, 0.2]}]}
+        answer = {
+            "object": "list",
+            "model": "m1",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+        }
         request = {"model": "m1", "input": "hello there", "encoding_format": "float"}
     else:
         answer, request = ANSWER, {"model": "m1", "messages": MSG, "max_tokens": 4}
@@ -269,14 +338,19 @@ def test_an_answer_without_usage_gets_the_counts_it_was_billed_at(scripted, star
     assert {k: v for k, v in body.items() if k != "usage"} == answer  # the rest as the backend sent it
 
 
-@pytest.mark.parametrize("usage", [{"prompt_tokens": -1000000, "completion_tokens": -5},
-                                   {"prompt_tokens": 7, "completion_tokens": 3}])
+@pytest.mark.parametrize(
+    "usage", [{"prompt_tokens": -1000000, "completion_tokens": -5}, {"prompt_tokens": 7, "completion_tokens": 3}]
+)
 @pytest.mark.parametrize("asked", [False, True])
 def test_stream_usage_on_a_content_chunk(scripted, start_sim_backend, start_gateway, usage, asked: bool) -> None:
     """Usage on the last content chunk, as some servers send it: billed from if believable, never
     on the client's chunk, and the client gets one usage chunk if it asked, none otherwise."""
-    scripted.steps = [SSE_HEAD, chunk_event("Hello"), chunk_event(" there", finish="stop", usage=usage),
-                      b"data: [DONE]\n\n"]
+    scripted.steps = [
+        SSE_HEAD,
+        chunk_event("Hello"),
+        chunk_event(" there", finish="stop", usage=usage),
+        b"data: [DONE]\n\n",
+    ]
     gw = _gateway(scripted, start_sim_backend, start_gateway)
     extra = {"stream_options": {"include_usage": True}} if asked else {}
     resp, events, _ = _stream(gw, **extra)
@@ -303,16 +377,24 @@ def test_a_choice_that_is_not_an_object_falls_back(scripted, start_sim_backend, 
 def test_odd_message_shapes_are_still_billed(scripted, start_sim_backend, start_gateway, stream: bool) -> None:
     """Counting the prompt at the gateway (the backend gave no usage) reads what it can of any
     message shape the backend accepted, and never fails the request."""
-    scripted.steps = ([SSE_HEAD, chunk_event("Hi", finish="stop"), b"data: [DONE]\n\n"] if stream
-                      else [json_answer(ANSWER)])
+    scripted.steps = (
+        [SSE_HEAD, chunk_event("Hi", finish="stop"), b"data: [DONE]\n\n"] if stream else [json_answer(ANSWER)]
+    )
     gw = _gateway(scripted, start_sim_backend, start_gateway)
     deep: Any = "deep"
     for _ in range(200 if stream else 600):  # a stream's body is changed (usage asked for): at most 254
         deep = [deep]
-    messages = [{"role": "assistant", "tool_calls": [{"function": "x"}, "y", {"function": [1]}]},
-                {"role": "user", "content": deep}, {"role": "user", "content": "hello"}]
-    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30,
-                      json={"model": "m1", "messages": messages, "max_tokens": 4, "stream": stream})
+    messages = [
+        {"role": "assistant", "tool_calls": [{"function": "x"}, "y", {"function": [1]}]},
+        {"role": "user", "content": deep},
+        {"role": "user", "content": "hello"},
+    ]
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        timeout=30,
+        json={"model": "m1", "messages": messages, "max_tokens": 4, "stream": stream},
+    )
     assert resp.status_code == 200, resp.text
     if stream:
         assert resp.text.endswith("data: [DONE]\n\n")
@@ -328,8 +410,12 @@ def test_a_body_too_deep_to_forward_changed_is_refused(scripted, start_sim_backe
     deep: Any = "deep"
     for _ in range(300):
         deep = [deep]
-    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30, json={
-        "model": "m1", "messages": [{"role": "user", "content": deep}], "max_tokens": 4, "stream": True})
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        timeout=30,
+        json={"model": "m1", "messages": [{"role": "user", "content": deep}], "max_tokens": 4, "stream": True},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "nested_too_deeply", resp.text
     validate(resp.json(), "ErrorResponse")
     assert scripted.requests == 0 and gw.usage("acme")["recent"] == []
@@ -347,35 +433,63 @@ def _requests_total(gw, outcome: str, backend: str) -> float:
 def test_a_request_no_backend_answered_has_one_unbilled_event(scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [json_answer(b'{"error":"busy"}', status=b"503 Service Unavailable")]
     gw = _gateway(scripted, start_sim_backend, start_gateway)
-    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30, json={
-        "model": "m1", "messages": MSG, "max_tokens": 4, "provider": {"only": ["scripted"]}})
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        timeout=30,
+        json={"model": "m1", "messages": MSG, "max_tokens": 4, "provider": {"only": ["scripted"]}},
+    )
     assert resp.status_code == 503
     events = gw.usage("acme")["recent"]
     assert [(e["backend"], e["kind"], e["billed"], e["outcome"], e["request_id"]) for e in events] == [
-        ("scripted", "request", False, "upstream_error", resp.headers["x-request-id"])]
+        ("scripted", "request", False, "upstream_error", resp.headers["x-request-id"])
+    ]
     assert _requests_total(gw, "upstream_error", "scripted") == 1
 
 
 def test_a_relayed_refusal_has_one_unbilled_event(scripted, start_sim_backend, start_gateway) -> None:
-    scripted.steps = [json_answer({"error": {"message": "bad max_tokens", "type": "invalid_request_error",
-                                             "param": None, "code": None}}, status=b"400 Bad Request")]
+    scripted.steps = [
+        json_answer(
+            {"error": {"message": "bad max_tokens", "type": "invalid_request_error", "param": None, "code": None}},
+            status=b"400 Bad Request",
+        )
+    ]
     gw = _gateway(scripted, start_sim_backend, start_gateway)
-    resp = httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(), timeout=30,
-                      json={"model": "m1", "messages": MSG, "max_tokens": 4})
+    resp = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers=gw.auth(),
+        timeout=30,
+        json={"model": "m1", "messages": MSG, "max_tokens": 4},
+    )
     assert resp.status_code == 400
     [event] = gw.usage("acme")["recent"]
     assert (event["backend"], event["billed"], event["outcome"], event["input_tokens"]) == (
-        "scripted", False, "client_error", 0)
+        "scripted",
+        False,
+        "client_error",
+        0,
+    )
     assert _requests_total(gw, "client_error", "scripted") == 1
 
 
-def test_requests_refused_before_any_backend_are_counted_not_recorded(scripted, start_sim_backend,
-                                                                      start_gateway) -> None:
+def test_requests_refused_before_any_backend_are_counted_not_recorded(
+    scripted, start_sim_backend, start_gateway
+) -> None:
     gw = _gateway(scripted, start_sim_backend, start_gateway)
-    assert httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": "Bearer nope"},
-                      json={"model": "m1", "messages": MSG}).status_code == 401
-    assert httpx.post(gw.url + "/v1/chat/completions", headers=gw.auth(),
-                      json={"model": "no-such-model-7", "messages": MSG}).status_code == 404
+    assert (
+        httpx.post(
+            gw.url + "/v1/chat/completions",
+            headers={"authorization": "Bearer nope"},
+            json={"model": "m1", "messages": MSG},
+        ).status_code
+        == 401
+    )
+    assert (
+        httpx.post(
+            gw.url + "/v1/chat/completions", headers=gw.auth(), json={"model": "no-such-model-7", "messages": MSG}
+        ).status_code
+        == 404
+    )
     assert gw.usage("acme")["recent"] == [] and scripted.requests == 0
     assert _requests_total(gw, "client_error", "") == 2
     assert "no-such-model-7" not in httpx.get(gw.url + "/metrics", headers=gw.admin()).text  # no client labels
@@ -386,22 +500,25 @@ def test_a_timed_out_attempt_is_kept_as_unbilled_consumption(scripted, start_sim
     gw = _gateway(scripted, start_sim_backend, start_gateway, first_token=0.5)
     resp, events, _ = _stream(gw)
     assert resp.headers["x-fedrouter-backend"] == "good" and _text(events)
-    rows = sorted((e["backend"], e["attempt"], e["kind"], e["billed"], e["input_tokens"] > 0)
-                  for e in gw.usage("acme")["recent"])
+    rows = sorted(
+        (e["backend"], e["attempt"], e["kind"], e["billed"], e["input_tokens"] > 0) for e in gw.usage("acme")["recent"]
+    )
     assert rows == [("good", 2, "request", True, True), ("scripted", 1, "retry", False, True)]
 
 
 def test_a_client_leaving_before_the_first_byte_cancels_and_nothing_more_is_tried(
-        scripted, start_sim_backend, start_gateway, loop_thread) -> None:
+    scripted, start_sim_backend, start_gateway, loop_thread
+) -> None:
     scripted.steps = [SSE_HEAD, 10.0]  # silent until first_token (5 s) would run out
     gw = _gateway(scripted, start_sim_backend, start_gateway)
     body = orjson.dumps({"model": "m1", "messages": MSG, "max_tokens": 4, "stream": True})
 
     async def leave_early() -> None:
         _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s"
-                     % (gw.keys["acme"].encode(), len(body), body))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s" % (gw.keys["acme"].encode(), len(body), body)
+        )
         await writer.drain()
         await asyncio.sleep(0.5)
         writer.close()
@@ -412,8 +529,7 @@ def test_a_client_leaving_before_the_first_byte_cancels_and_nothing_more_is_trie
     while not (events := gw.usage("acme")["recent"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert time.monotonic() - started < 3.0, "the request went on after the client left"
-    assert [(e["backend"], e["billed"], e["outcome"]) for e in events] == [
-        ("scripted", False, "client_disconnected")]
+    assert [(e["backend"], e["billed"], e["outcome"]) for e in events] == [("scripted", False, "client_disconnected")]
     assert scripted.requests == 1
     time.sleep(0.3)
     assert len(gw.usage("acme")["recent"]) == 1 and gw.sims["good"].stats()["requests"] == 0  # no fallback

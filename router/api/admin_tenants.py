@@ -65,8 +65,9 @@ def _known_models(gateway: Gateway) -> set[str]:
 def _check_models(gateway: Gateway, models: list[str] | None, param: str) -> None:
     unknown = sorted(set(models or ()) - _known_models(gateway))
     if unknown:
-        raise InvalidRequest(f"Unknown model(s) in '{param}': {', '.join(unknown)}.", param=param,
-                             code="model_not_found")
+        raise InvalidRequest(
+            f"Unknown model(s) in '{param}': {', '.join(unknown)}.", param=param, code="model_not_found"
+        )
 
 
 def _check_tenant(gateway: Gateway, config: TenantConfig) -> None:
@@ -79,10 +80,17 @@ async def _tenant_view(gateway: Gateway, entry: TenantEntry, live: bool) -> dict
     budgets: list[dict[str, Any]] = [b.model_dump() for b in cfg.budgets]
     if live:
         budgets = await gateway.admission.budgets(cfg.name, list(cfg.budgets))
-    return {"object": "tenant", "name": cfg.name, "source": entry.source, "allow_volunteer": cfg.allow_volunteer,
-            "policy": cfg.policy if isinstance(cfg.policy, str) else cfg.policy.model_dump(mode="json"),
-            "weights": entry.tenant.policy.weights.model_dump(), "limits": cfg.limits.model_dump(exclude_none=True),
-            "budgets": budgets, "usage": await gateway.ledger.totals(cfg.name)}
+    return {
+        "object": "tenant",
+        "name": cfg.name,
+        "source": entry.source,
+        "allow_volunteer": cfg.allow_volunteer,
+        "policy": cfg.policy if isinstance(cfg.policy, str) else cfg.policy.model_dump(mode="json"),
+        "weights": entry.tenant.policy.weights.model_dump(),
+        "limits": cfg.limits.model_dump(exclude_none=True),
+        "budgets": budgets,
+        "usage": await gateway.ledger.totals(cfg.name),
+    }
 
 
 def _entry(gateway: Gateway, name: str) -> TenantEntry:
@@ -136,19 +144,20 @@ async def create_key(body: KeyCreate, gateway: GatewayDep, keys: KeysDep) -> dic
         raise InvalidRequest(f"Unknown tenant {body.tenant!r}.", param="tenant", code="unknown_tenant")
     now = time.time()
     if body.expires_at is not None and body.expires_at <= now:
-        raise InvalidRequest("'expires_at' is in the past; give unix seconds in the future.", param="expires_at",
-                             code="invalid_value")
+        raise InvalidRequest(
+            "'expires_at' is in the past; give unix seconds in the future.", param="expires_at", code="invalid_value"
+        )
     _check_models(gateway, body.models, "models")
     check_key_limits(entry.config.limits, body.limits)
     gateway.tenancy.check_limits_hold(key=body.limits)
-    secret, record = await keys.run(keys.create, body.tenant, name=body.name, expires_at=body.expires_at,
-                                    models=body.models, limits=body.limits)
+    secret, record = await keys.run(
+        keys.create, body.tenant, name=body.name, expires_at=body.expires_at, models=body.models, limits=body.limits
+    )
     return {**record.public(now), "key": secret}
 
 
 @router.get("/keys")
-async def list_keys(keys: KeysDep, gateway: GatewayDep,
-                    tenant: str | None = Query(default=None)) -> dict[str, object]:
+async def list_keys(keys: KeysDep, gateway: GatewayDep, tenant: str | None = Query(default=None)) -> dict[str, object]:
     if tenant is not None and gateway.tenancy.entry(tenant) is None:
         raise unknown_tenant(tenant, "tenant")
     now = time.time()

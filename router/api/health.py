@@ -25,6 +25,7 @@ async def readyz(request: Request) -> dict[str, object]:
 async def metrics(gateway: GatewayDep) -> Response:
     for name, provider in gateway.providers.items():
         gateway.metrics.backend_up.labels(name, provider.info.backend_class).set(
-            0 if gateway.stats.view(name).ejected else 1)
+            0 if gateway.stats.view(name).ejected else 1
+        )
         gateway.metrics.inflight.labels(name).set(gateway.stats.view(name).inflight)
     return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)

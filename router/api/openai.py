@@ -47,8 +47,11 @@ def _model_object(model: str, classes: list[str], created: int) -> dict[str, obj
 
 
 def _visible(gateway: Gateway, tenant: Tenant) -> dict[str, list[str]]:
-    return {m: sorted({i.backend_class for i in infos}) for m, infos in gateway.planner.models_for(tenant).items()
-            if gateway.tenancy.may_use(tenant, m)}  # the key's model allow-list
+    return {
+        m: sorted({i.backend_class for i in infos})
+        for m, infos in gateway.planner.models_for(tenant).items()
+        if gateway.tenancy.may_use(tenant, m)
+    }  # the key's model allow-list
 
 
 @router.get("/models")

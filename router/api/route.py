@@ -31,8 +31,11 @@ async def explain_route(
         raise InvalidRequest(f"Unknown tenant {tenant!r}.", param="tenant", code="unknown_tenant")
     wanted = frozenset(n for n in needs.split(",") if n)
     if not wanted <= _CAPABILITIES:
-        raise InvalidRequest(f"Unknown capability in 'needs': {', '.join(sorted(wanted - _CAPABILITIES))}.",
-                             param="needs", code="invalid_value")
+        raise InvalidRequest(
+            f"Unknown capability in 'needs': {', '.join(sorted(wanted - _CAPABILITIES))}.",
+            param="needs",
+            code="invalid_value",
+        )
     shape = RequestShape(prompt_tokens, max_tokens, wanted)
     return gateway.planner.explain(model, who, shape)
 

@@ -42,28 +42,35 @@ class Period:
 
 def _day(value: str | None, param: str) -> date:
     if value is None:
-        raise InvalidRequest(f"Missing required parameter: '{param}' (an ISO date, YYYY-MM-DD).", param=param,
-                             code="missing_required_parameter")
+        raise InvalidRequest(
+            f"Missing required parameter: '{param}' (an ISO date, YYYY-MM-DD).",
+            param=param,
+            code="missing_required_parameter",
+        )
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise InvalidRequest(f"Invalid '{param}': {value!r} is not an ISO date (YYYY-MM-DD).", param=param,
-                             code="invalid_value") from None
+        raise InvalidRequest(
+            f"Invalid '{param}': {value!r} is not an ISO date (YYYY-MM-DD).", param=param, code="invalid_value"
+        ) from None
 
 
-def _period(start: Annotated[str | None, Query(alias="from")] = None,
-            end: Annotated[str | None, Query(alias="to")] = None) -> Period:
+def _period(
+    start: Annotated[str | None, Query(alias="from")] = None, end: Annotated[str | None, Query(alias="to")] = None
+) -> Period:
     period = Period(_day(start, "from"), _day(end, "to"))
     if period.start > period.end:
-        raise InvalidRequest(f"'from' ({period.start}) is after 'to' ({period.end}).", param="from",
-                             code="invalid_value")
+        raise InvalidRequest(
+            f"'from' ({period.start}) is after 'to' ({period.end}).", param="from", code="invalid_value"
+        )
     return period
 
 
 def _choice(value: str, allowed: tuple[str, ...], param: str) -> str:
     if value not in allowed:
-        raise InvalidRequest(f"Invalid '{param}': {value!r}; expected one of {', '.join(allowed)}.", param=param,
-                             code="invalid_value")
+        raise InvalidRequest(
+            f"Invalid '{param}': {value!r}; expected one of {', '.join(allowed)}.", param=param, code="invalid_value"
+        )
     return value
 
 
@@ -74,12 +81,14 @@ FormatQuery = Annotated[str, Query(alias="format")]
 def _attachment(body: AsyncIterator[bytes], fmt: str, *parts: str) -> StreamingResponse:
     name = re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts))
     ext = "jsonl" if fmt == "jsonl" else "csv"
-    return StreamingResponse(body, media_type=MEDIA_TYPES[fmt],
-                             headers={"content-disposition": f'attachment; filename="{name}.{ext}"'})
+    return StreamingResponse(
+        body, media_type=MEDIA_TYPES[fmt], headers={"content-disposition": f'attachment; filename="{name}.{ext}"'}
+    )
 
 
-def _usage_export(gateway: GatewayDep, tenant: str | None, period: Period, fmt: str,
-                  granularity: str) -> StreamingResponse:
+def _usage_export(
+    gateway: GatewayDep, tenant: str | None, period: Period, fmt: str, granularity: str
+) -> StreamingResponse:
     fmt = _choice(fmt, FORMATS, "format")
     granularity = _choice(granularity, GRANULARITIES, "granularity")
     rows = usage_rows(gateway.ledger, tenant, period.start, period.end, cast(Granularity, granularity))
@@ -88,14 +97,20 @@ def _usage_export(gateway: GatewayDep, tenant: str | None, period: Period, fmt: 
 
 
 @router.get("/usage/export")
-async def tenant_export(gateway: GatewayDep, tenant: TenantDep, period: PeriodDep, fmt: FormatQuery = "csv",
-                        granularity: str = "request") -> StreamingResponse:
+async def tenant_export(
+    gateway: GatewayDep, tenant: TenantDep, period: PeriodDep, fmt: FormatQuery = "csv", granularity: str = "request"
+) -> StreamingResponse:
     return _usage_export(gateway, tenant.name, period, fmt, granularity)
 
 
 @admin_router.get("/usage/export")
-async def admin_export(gateway: GatewayDep, period: PeriodDep, tenant: str | None = None,
-                       fmt: FormatQuery = "csv", granularity: str = "request") -> StreamingResponse:
+async def admin_export(
+    gateway: GatewayDep,
+    period: PeriodDep,
+    tenant: str | None = None,
+    fmt: FormatQuery = "csv",
+    granularity: str = "request",
+) -> StreamingResponse:
     if tenant is not None and gateway.tenancy.tenant(tenant) is None:
         raise InvalidRequest(f"Unknown tenant {tenant!r}.", param="tenant", code="unknown_tenant")
     return _usage_export(gateway, tenant, period, fmt, granularity)

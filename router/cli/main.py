@@ -48,8 +48,11 @@ def _limits_per_process(config: FederationConfig, settings: Settings) -> list[st
     store = KeyStore(settings.keys_path())
     try:
         declared = {t.name for t in config.tenants}
-        stored = [TenantConfig.model_validate_json(spec) for name, spec, source in store.tenants()
-                  if source == "api" and name not in declared]
+        stored = [
+            TenantConfig.model_validate_json(spec)
+            for name, spec, source in store.tenants()
+            if source == "api" and name not in declared
+        ]
         return per_process_limits([*config.tenants, *stored], store.list_keys())
     finally:
         store.close()
@@ -63,9 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # checked here, so a bad config fails before any worker starts
     settings = _settings(args)
     if args.workers > 1 and settings.state is None and (held := _limits_per_process(config, settings)):
-        return _fail(f"--workers {args.workers} without --state would enforce rate limits and budgets in each "
-                     f"worker separately, each allowing the whole amount ({', '.join(held)}); "
-                     "pass --state redis://HOST:PORT/DB, or serve with one worker")
+        return _fail(
+            f"--workers {args.workers} without --state would enforce rate limits and budgets in each "
+            f"worker separately, each allowing the whole amount ({', '.join(held)}); "
+            "pass --state redis://HOST:PORT/DB, or serve with one worker"
+        )
     if args.ledger:
         os.environ["FEDROUTER_LEDGER"] = args.ledger
     if args.state:
@@ -82,8 +87,11 @@ def _serve(args: argparse.Namespace) -> int:
     from router.app import create_app
 
     host, port = sock.getsockname()[:2]
-    server.run(create_app(config, settings), sock,  # type: ignore[arg-type]
-               lambda: print(f"fedrouter serving on http://{host}:{port}", file=sys.stderr, flush=True))
+    server.run(
+        create_app(config, settings),
+        sock,  # type: ignore[arg-type]
+        lambda: print(f"fedrouter serving on http://{host}:{port}", file=sys.stderr, flush=True),
+    )
     return 0
 
 
@@ -154,8 +162,9 @@ def _export(args: argparse.Namespace) -> int:
     granularity = _one_of(args.granularity, GRANULARITIES, "--granularity")
     if args.config and args.tenant and load_config(args.config).tenant(args.tenant) is None:
         raise ValueError(f"unknown tenant {args.tenant!r} (not in {args.config})")
-    return _write_export(args, lambda ledger: export(usage_rows(ledger, args.tenant, start, end, granularity),
-                                                     fmt, granularity))  # type: ignore[arg-type]
+    return _write_export(
+        args, lambda ledger: export(usage_rows(ledger, args.tenant, start, end, granularity), fmt, granularity)
+    )  # type: ignore[arg-type]
 
 
 def _payouts(args: argparse.Namespace) -> int:
@@ -211,8 +220,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--ledger", help="ledger URL (default sqlite:///fedrouter.db or $FEDROUTER_LEDGER)")
     serve.add_argument("--log-level", default="warning")
-    serve.add_argument("--state", help="shared state for limits, budgets and stats: redis://HOST:PORT/DB "
-                       "(default: this process only, or $FEDROUTER_STATE)")
+    serve.add_argument(
+        "--state",
+        help="shared state for limits, budgets and stats: redis://HOST:PORT/DB "
+        "(default: this process only, or $FEDROUTER_STATE)",
+    )
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="run the gateway with local demo backends of every class")

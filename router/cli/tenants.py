@@ -43,9 +43,11 @@ def _valid(build: type[RateLimits] | type[TenantConfig], where: str, **fields: o
 
 
 def _limits(args: argparse.Namespace) -> RateLimits | None:
-    fields = {"requests_per_minute": _number("--rpm", args.rpm, int),
-              "tokens_per_minute": _number("--tpm", args.tpm, int),
-              "concurrent_streams": _number("--concurrent-streams", args.concurrent_streams, int)}
+    fields = {
+        "requests_per_minute": _number("--rpm", args.rpm, int),
+        "tokens_per_minute": _number("--tpm", args.tpm, int),
+        "concurrent_streams": _number("--concurrent-streams", args.concurrent_streams, int),
+    }
     given = {k: v for k, v in fields.items() if v is not None}
     return _valid(RateLimits, "limits", **given) if given else None  # type: ignore[return-value]
 
@@ -75,10 +77,12 @@ def _when(ts: float | None) -> str:
 def _show(record: KeyRecord) -> str:
     now = time.time()
     limits = record.limits.model_dump(exclude_none=True) if record.limits else {}
-    return (f"{record.key_id}  {record.tenant:<16} {record.status(now):<8} created {_when(record.created)}  "
-            f"expires {_when(record.expires_at)}  name {record.name or '-'}  "
-            f"models {','.join(sorted(record.models)) if record.models else 'all'}  "
-            f"limits {','.join(f'{k}={v}' for k, v in limits.items()) or 'tenant'}")
+    return (
+        f"{record.key_id}  {record.tenant:<16} {record.status(now):<8} created {_when(record.created)}  "
+        f"expires {_when(record.expires_at)}  name {record.name or '-'}  "
+        f"models {','.join(sorted(record.models)) if record.models else 'all'}  "
+        f"limits {','.join(f'{k}={v}' for k, v in limits.items()) or 'tenant'}"
+    )
 
 
 def keys_create(args: argparse.Namespace) -> int:
@@ -98,8 +102,13 @@ def keys_create(args: argparse.Namespace) -> int:
             check_key_limits(tenant.limits, limits)
         except GatewayError as exc:
             raise ValueError(exc.message) from None
-        key, record = store.create(args.tenant, name=args.name, models=args.model or None, limits=limits,
-                                   expires_at=None if expires is None else time.time() + expires)
+        key, record = store.create(
+            args.tenant,
+            name=args.name,
+            models=args.model or None,
+            limits=limits,
+            expires_at=None if expires is None else time.time() + expires,
+        )
     finally:
         store.close()
     print(f"Created {record.key_id} for tenant {record.tenant}. It is shown once; store it now:")
@@ -146,8 +155,10 @@ def keys_rotate(args: argparse.Namespace) -> int:
     finally:
         store.close()
     key, record = rotated
-    print(f"Rotated {args.key_id} into {record.key_id}; the old key stops working in {grace:g}s. "
-          "The new key is shown once; store it now:")
+    print(
+        f"Rotated {args.key_id} into {record.key_id}; the old key stops working in {grace:g}s. "
+        "The new key is shown once; store it now:"
+    )
     print(key)
     return 0
 
@@ -168,15 +179,20 @@ def tenants_list(args: argparse.Namespace) -> int:
 
 def tenants_create(args: argparse.Namespace) -> int:
     limits = _limits(args)
-    fields: dict[str, object] = {"name": args.name, "policy": args.policy, "allow_volunteer": args.allow_volunteer,
-                                 "budgets": [_budget(b) for b in args.budget or ()]}
+    fields: dict[str, object] = {
+        "name": args.name,
+        "policy": args.policy,
+        "allow_volunteer": args.allow_volunteer,
+        "budgets": [_budget(b) for b in args.budget or ()],
+    }
     if limits is not None:
         fields["limits"] = limits.model_dump(exclude_none=True)
     tenant: TenantConfig = _valid(TenantConfig, "tenant", **fields)  # type: ignore[assignment]
     store = _store(args)
     try:
         if tenant.name in _tenants(store, args.config) or not store.add_tenant(
-                tenant.name, tenant.model_dump_json(exclude_defaults=True)):
+            tenant.name, tenant.model_dump_json(exclude_defaults=True)
+        ):
             raise ValueError(f"a tenant named {tenant.name!r} exists already")
     finally:
         store.close()

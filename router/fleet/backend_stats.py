@@ -50,13 +50,24 @@ class EjectionPolicy:
 
     @classmethod
     def of(cls, r: RoutingConfig) -> EjectionPolicy:
-        return cls(r.eject_after_failures, r.eject_seconds, r.eject_error_rate, r.eject_min_requests,
-                   r.max_ejected_share)
+        return cls(
+            r.eject_after_failures, r.eject_seconds, r.eject_error_rate, r.eject_min_requests, r.max_ejected_share
+        )
 
 
 class _Entry:
-    __slots__ = ("attempts", "changed", "ejection", "failures", "inflight", "others", "probing", "since",
-                 "view", "window")
+    __slots__ = (
+        "attempts",
+        "changed",
+        "ejection",
+        "failures",
+        "inflight",
+        "others",
+        "probing",
+        "since",
+        "view",
+        "window",
+    )
 
     def __init__(self) -> None:
         self.window = Window(_KEEP, _HORIZON_S)
@@ -74,9 +85,17 @@ class _Entry:
 class StatsBook:
     """Backend statistics keyed by (backend, model), read by the router on every request."""
 
-    def __init__(self, store: Store, policy: EjectionPolicy, groups: Mapping[str, Sequence[str]], *,
-                 count_window_s: float = 10.0, freshness_s: float = 0.005, sync_s: float = 0.25,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: EjectionPolicy,
+        groups: Mapping[str, Sequence[str]],
+        *,
+        count_window_s: float = 10.0,
+        freshness_s: float = 0.005,
+        sync_s: float = 0.25,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self._policy = policy
         self._groups = {model: tuple(backends) for model, backends in groups.items()}
@@ -141,8 +160,9 @@ class StatsBook:
             views = [self.view(backend, m) for m in models]
             busiest = max(range(len(models)), key=lambda i: len(self._entries[store_key(backend, models[i])].window))
             v = views[busiest]
-            return Stats(v.ttft_s, v.tokens_per_s, v.error_rate, sum(x.inflight for x in views),
-                         all(x.ejected for x in views))
+            return Stats(
+                v.ttft_s, v.tokens_per_s, v.error_rate, sum(x.inflight for x in views), all(x.ejected for x in views)
+            )
         return self.view_key(store_key(backend, model))
 
     def view_key(self, key: str) -> Stats:
@@ -191,8 +211,7 @@ class StatsBook:
         if not e.inflight:
             self._idle.add(store_key(backend, model))
 
-    def success(self, backend: str, model: str, ttft_s: float | None, output_tokens: int,
-                generation_s: float) -> None:
+    def success(self, backend: str, model: str, ttft_s: float | None, output_tokens: int, generation_s: float) -> None:
         # Throughput needs enough tokens and time to mean anything.
         tps = output_tokens / generation_s if output_tokens >= 4 and generation_s > 1e-4 else None
         self._add(backend, model, True, ttft_s, tps)
@@ -204,8 +223,11 @@ class StatsBook:
         e.failures += 1
         s = e.window.summary(e.since)
         p = self._policy
-        tripped = probe or s.trailing_failures >= p.after_failures or (
-            s.requests >= p.min_requests and s.error_rate >= p.error_rate)
+        tripped = (
+            probe
+            or s.trailing_failures >= p.after_failures
+            or (s.requests >= p.min_requests and s.error_rate >= p.error_rate)
+        )
         if tripped and not self.ejected(backend, model) and self._may_eject(backend, model):
             await self._eject(backend, model, e)
         if probe:
@@ -262,8 +284,10 @@ class StatsBook:
         rows = list(models.values())
         one = rows[0] if len(rows) == 1 else {}
         return {
-            "ttft_s": one.get("ttft_s"), "tokens_per_s": one.get("tokens_per_s"),
-            "inflight": sum(r["inflight"] for r in rows), "requests": sum(r["requests"] for r in rows),
+            "ttft_s": one.get("ttft_s"),
+            "tokens_per_s": one.get("tokens_per_s"),
+            "inflight": sum(r["inflight"] for r in rows),
+            "requests": sum(r["requests"] for r in rows),
             "failures": sum(r["failures"] for r in rows),
             "error_rate": max((r["error_rate"] for r in rows), default=0.0),
             "ejected": bool(rows) and all(r["ejected"] for r in rows),
@@ -277,12 +301,21 @@ class StatsBook:
         now = self._clock()
         until = e.ejection.until if e.ejection else 0.0
         return {
-            "ttft_s": s.ttft_s, "ttft_p50_s": q.ttft_p50, "ttft_p95_s": q.ttft_p95,
-            "tokens_per_s": s.tokens_per_s, "tokens_per_s_p50": q.tokens_per_s_p50,
-            "tokens_per_s_p95": q.tokens_per_s_p95, "error_rate": round(s.error_rate, 4),
-            "samples": len(e.window), "inflight": e.inflight + e.others, "requests": e.attempts,
-            "failures": e.failures, "last_success": s.last_success, "ejected": until > now,
-            "ejected_for_s": max(0.0, round(until - now, 3)), "ejections": e.ejection.count if e.ejection else 0,
+            "ttft_s": s.ttft_s,
+            "ttft_p50_s": q.ttft_p50,
+            "ttft_p95_s": q.ttft_p95,
+            "tokens_per_s": s.tokens_per_s,
+            "tokens_per_s_p50": q.tokens_per_s_p50,
+            "tokens_per_s_p95": q.tokens_per_s_p95,
+            "error_rate": round(s.error_rate, 4),
+            "samples": len(e.window),
+            "inflight": e.inflight + e.others,
+            "requests": e.attempts,
+            "failures": e.failures,
+            "last_success": s.last_success,
+            "ejected": until > now,
+            "ejected_for_s": max(0.0, round(until - now, 3)),
+            "ejections": e.ejection.count if e.ejection else 0,
         }
 
     # -- internals ---------------------------------------------------------------------------
@@ -379,8 +412,9 @@ class StatsBook:
 
     async def _push(self) -> None:
         samples = {key: [(s.ts, s.encode()) for s in pending] for key, pending in self._pending.items()}
-        batch = Batch(samples, self._unpushed,
-                      {k: e.inflight for k, e in self._entries.items() if e.inflight or k in self._idle})
+        batch = Batch(
+            samples, self._unpushed, {k: e.inflight for k, e in self._entries.items() if e.inflight or k in self._idle}
+        )
         self._pending, self._unpushed, self._idle = {}, {}, set()
         if batch:
             await self.store.push(batch, keep=_KEEP, ttl_s=max(_HORIZON_S, self._count_window + 1))
@@ -398,7 +432,7 @@ class StatsBook:
         mine = f"{self.store.replica}:".encode()
         for key, e in self._entries.items():
             for raw in snap.samples.get(key, ()):
-                if raw[raw.rfind(b" ") + 1:].startswith(mine):
+                if raw[raw.rfind(b" ") + 1 :].startswith(mine):
                     continue  # this replica's own: in the window since it was taken (and many per sync)
                 sample = Sample.decode(raw)
                 if sample is not None and e.window.add(sample):

@@ -101,8 +101,10 @@ class CarbonTable:
         """gCO2e per kWh; a backend without a zone gets the world average."""
         key = WORLD if zone is None else self.canonical(zone)
         if key is None:
-            raise UnknownZone(f"unknown grid zone {zone!r}: not in EcoLogits' electricity mixes "
-                              "(ISO 3166-1 codes) nor in carbon.intensity_file")
+            raise UnknownZone(
+                f"unknown grid zone {zone!r}: not in EcoLogits' electricity mixes "
+                "(ISO 3166-1 codes) nor in carbon.intensity_file"
+            )
         return self._overrides.get(key, self._mixes.get(key, 0.0))
 
 
@@ -143,8 +145,9 @@ def _ecologits_joules(provider: str, name: str) -> float | None:
     return kwh * 3.6e6 / _ECOLOGITS_TOKENS
 
 
-def static_estimate(backend_class: str, declared_jpt: float | None, upstream_model: str,
-                    has_hardware: bool, ecologits: EcologitsEnergy) -> EnergyEstimate:
+def static_estimate(
+    backend_class: str, declared_jpt: float | None, upstream_model: str, has_hardware: bool, ecologits: EcologitsEnergy
+) -> EnergyEstimate:
     """The estimate a backend starts with, before any measurement."""
     if declared_jpt is not None:
         return EnergyEstimate(declared_jpt, declared_jpt, "declared")

@@ -34,10 +34,14 @@ def backend_info(cfg: BackendConfig, prices: PriceMap) -> BackendInfo:
 def unpriced(infos: Iterable[BackendInfo]) -> list[str]:
     """The models backends serve with no price, none declared and none in litellm's price map:
     their requests are recorded at cost 0. Said at start-up, so that nobody bills zero unknowingly."""
-    return [f"backend {info.name}: model {public} ({upstream}) has no price: none is declared and litellm's "
-            "price map does not know it, so its requests are recorded at cost 0 (declare "
-            "price: {input: 0, output: 0} if it is free)"
-            for info in infos for public, upstream in info.models.items() if public not in info.prices]
+    return [
+        f"backend {info.name}: model {public} ({upstream}) has no price: none is declared and litellm's "
+        "price map does not know it, so its requests are recorded at cost 0 (declare "
+        "price: {input: 0, output: 0} if it is free)"
+        for info in infos
+        for public, upstream in info.models.items()
+        if public not in info.prices
+    ]
 
 
 def build_providers(config: FederationConfig, prices: PriceMap) -> dict[str, Provider]:
@@ -45,8 +49,13 @@ def build_providers(config: FederationConfig, prices: PriceMap) -> dict[str, Pro
     for cfg in config.backends:
         t = cfg.timeouts
         providers[cfg.name] = registry.build(
-            cfg.type, backend_info(cfg, prices), cfg.base_url, cfg.resolved_api_key(),
-            connect_timeout=t.connect, first_token_timeout=t.first_token, idle_timeout=t.idle,
+            cfg.type,
+            backend_info(cfg, prices),
+            cfg.base_url,
+            cfg.resolved_api_key(),
+            connect_timeout=t.connect,
+            first_token_timeout=t.first_token,
+            idle_timeout=t.idle,
             total_timeout=t.total,
         )
     return providers

@@ -25,13 +25,15 @@ from router.pipeline.gateway import Gateway
 
 log = logging.getLogger("fedrouter")
 
-INFERENCE_ROUTES = {"/v1/chat/completions": "chat/completions", "/v1/completions": "completions",
-           "/v1/embeddings": "embeddings"}
+INFERENCE_ROUTES = {
+    "/v1/chat/completions": "chat/completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
 
 
 def error_response(err: GatewayError) -> Response:
-    return Response(err.body(), status_code=err.status, media_type="application/json",
-                    headers=err.response_headers())
+    return Response(err.body(), status_code=err.status, media_type="application/json", headers=err.response_headers())
 
 
 class RequestIdMiddleware:
@@ -63,8 +65,9 @@ class RequestIdMiddleware:
 async def infer(request: Request, gateway: Gateway, endpoint: Endpoint) -> Response:
     """An inference request through ASGI: its body read under the limit, then the gateway."""
     body = await read_body(request, gateway.max_body_bytes)
-    return await gateway.handle(endpoint, request.headers.get("authorization"), body,
-                                request.scope["state"]["request_id"])
+    return await gateway.handle(
+        endpoint, request.headers.get("authorization"), body, request.scope["state"]["request_id"]
+    )
 
 
 class FastPath:
@@ -86,8 +89,11 @@ class FastPath:
             return  # the client left while sending its body: there is no one to answer
         except Exception:
             log.exception("unhandled error on %s", scope["path"])
-            response = Response(error_body("The server had an error while processing your request.",
-                                           "server_error"), status_code=500, media_type="application/json")
+            response = Response(
+                error_body("The server had an error while processing your request.", "server_error"),
+                status_code=500,
+                media_type="application/json",
+            )
         await response(scope, receive, send)
 
 

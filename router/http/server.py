@@ -61,8 +61,15 @@ class _BodyTooLarge(Exception):
 class _Request:
     __slots__ = ("body", "headers", "http11", "keep_alive", "method", "url")
 
-    def __init__(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-                 keep_alive: bool, http11: bool = True) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        keep_alive: bool,
+        http11: bool = True,
+    ) -> None:
         self.http11 = http11
         self.method = method
         self.url = url
@@ -192,8 +199,16 @@ class _Connection(asyncio.Protocol):
         if self.parser.should_upgrade():
             return  # refused, not served: the parser stops here and data_received refuses it
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        self.pending.append(_Request(self.parser.get_method(), self.url, self.headers, body,
-                                     self.parser.should_keep_alive(), self.parser.get_http_version() != "1.0"))
+        self.pending.append(
+            _Request(
+                self.parser.get_method(),
+                self.url,
+                self.headers,
+                body,
+                self.parser.should_keep_alive(),
+                self.parser.get_http_version() != "1.0",
+            )
+        )
         self.body = []
         if self.task is None:
             self._next()
@@ -240,10 +255,13 @@ class _Connection(asyncio.Protocol):
     def _send_refusal(self) -> None:
         err = self.refusal
         assert err is not None
-        headers = [(b"content-type", b"application/json"),
-                   *((k.encode(), v.encode()) for k, v in err.response_headers().items())]
-        self.write_answer(err.status, headers, err.body(), keep_alive=False,
-                          request_id=self.server.new_request_id().encode())
+        headers = [
+            (b"content-type", b"application/json"),
+            *((k.encode(), v.encode()) for k, v in err.response_headers().items()),
+        ]
+        self.write_answer(
+            err.status, headers, err.body(), keep_alive=False, request_id=self.server.new_request_id().encode()
+        )
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -256,8 +274,15 @@ class _Connection(asyncio.Protocol):
         transport.resume_reading()
         self.loop.call_later(_LINGER_S, transport.close)
 
-    def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *,
-                     keep_alive: bool, request_id: bytes | None = None) -> None:
+    def write_answer(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        keep_alive: bool,
+        request_id: bytes | None = None,
+    ) -> None:
         """A whole answer in one write."""
         if self.lost or self.transport is None:
             return
@@ -393,8 +418,9 @@ class Server:
                 conn.transport.close()
         self._timer = self.loop.call_later(min(1.0, self.idle_s / 2), self._tick)
 
-    async def serve(self, sock: socket.socket, on_ready: Callable[[], None] | None = None, *,
-                    signals: bool = False) -> None:
+    async def serve(
+        self, sock: socket.socket, on_ready: Callable[[], None] | None = None, *, signals: bool = False
+    ) -> None:
         """Run the lifespan, then answer on ``sock`` until ``stop`` (or SIGINT/SIGTERM with ``signals``)."""
         self.loop = asyncio.get_running_loop()
         self.now = self.loop.time()
@@ -466,16 +492,22 @@ class Server:
             if shedder is not None:
                 shedder.inflight -= 1
 
-    async def _inference(self, conn: _Connection, request: _Request, endpoint: str, request_id: str,
-                         rid: bytes) -> None:
+    async def _inference(
+        self, conn: _Connection, request: _Request, endpoint: str, request_id: str, rid: bytes
+    ) -> None:
         send = _StreamSend(conn, request, rid)
         # A client that leaves before its answer cancels it (connection_lost), and with it the
         # upstream call; the gateway records what the backend had been given.
         conn.answering = task = asyncio.current_task()
         try:
             try:
-                response = await self.gateway.handle(endpoint, request.header(b"authorization"),  # type: ignore[arg-type]
-                                                     request.body, request_id, send.early)
+                response = await self.gateway.handle(
+                    endpoint,
+                    request.header(b"authorization"),  # type: ignore[arg-type]
+                    request.body,
+                    request_id,
+                    send.early,
+                )
             finally:
                 conn.answering = None  # from here on the relay watches for the client leaving
         except asyncio.CancelledError:
@@ -493,12 +525,18 @@ class Server:
             if send.started:
                 await _end_stream(send, _SERVER_ERROR)
                 return
-            conn.write_answer(500, [(b"content-type", b"application/json")], _SERVER_ERROR,
-                              keep_alive=request.keep_alive, request_id=rid)
+            conn.write_answer(
+                500,
+                [(b"content-type", b"application/json")],
+                _SERVER_ERROR,
+                keep_alive=request.keep_alive,
+                request_id=rid,
+            )
             return
         if type(response) is Response:
-            conn.write_answer(response.status_code, response.raw_headers, response.body,
-                              keep_alive=request.keep_alive, request_id=rid)
+            conn.write_answer(
+                response.status_code, response.raw_headers, response.body, keep_alive=request.keep_alive, request_id=rid
+            )
             return
         if isinstance(response, EventStreamResponse):
             if not send.started:
@@ -518,11 +556,19 @@ class Server:
         transport = conn.transport
         assert transport is not None
         scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-            "method": request.method.decode("ascii"), "scheme": "http", "root_path": "",
-            "path": unquote(path.decode("latin-1")), "raw_path": path, "query_string": query,
-            "headers": request.headers, "server": _addr(transport.get_extra_info("sockname")),
-            "client": _addr(transport.get_extra_info("peername")), "state": {},
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": request.method.decode("ascii"),
+            "scheme": "http",
+            "root_path": "",
+            "path": unquote(path.decode("latin-1")),
+            "raw_path": path,
+            "query_string": query,
+            "headers": request.headers,
+            "server": _addr(transport.get_extra_info("sockname")),
+            "client": _addr(transport.get_extra_info("peername")),
+            "state": {},
         }
         send = _StreamSend(conn, request, None)
         try:

@@ -13,8 +13,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from router.errors import error_body
 
 _BODY = error_body("The gateway is at capacity; retry shortly.", "server_error", None, "overloaded")
-_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_BODY)).encode()),
-            (b"retry-after", b"1"), (b"x-should-retry", b"true")]
+_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_BODY)).encode()),
+    (b"retry-after", b"1"),
+    (b"x-should-retry", b"true"),
+]
 
 
 class LoadShedder:

@@ -18,9 +18,7 @@ def ledger_kind(url: str) -> Literal["sqlite", "postgres"]:
         return "postgres"
     if url.startswith("sqlite:///") or "://" not in url:
         return "sqlite"
-    raise ValueError(
-        f"ledger URL {url!r}: only sqlite:///PATH is supported, or postgresql://USER@HOST:PORT/DB"
-    )
+    raise ValueError(f"ledger URL {url!r}: only sqlite:///PATH is supported, or postgresql://USER@HOST:PORT/DB")
 
 
 def sqlite_path(url: str) -> str:

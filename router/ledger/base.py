@@ -71,15 +71,42 @@ FIELDS: tuple[str, ...] = tuple(UsageRecord.__dataclass_fields__)
 COLUMNS: tuple[str, ...] = ("event_id", *FIELDS)
 #: The figures a daily rollup sums; ``requests`` and the unprefixed ones count billed events only.
 ROLLUP_SUMS: tuple[str, ...] = (
-    "requests", "input_tokens", "output_tokens", "cost_usd", "energy_wh", "carbon_g",
-    "unbilled_events", "unbilled_input_tokens", "unbilled_output_tokens", "unbilled_cost_usd",
-    "unbilled_energy_wh", "unbilled_carbon_g",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "energy_wh",
+    "carbon_g",
+    "unbilled_events",
+    "unbilled_input_tokens",
+    "unbilled_output_tokens",
+    "unbilled_cost_usd",
+    "unbilled_energy_wh",
+    "unbilled_carbon_g",
 )
-ROLLUP_COLUMNS: tuple[str, ...] = ("day", "tenant", "backend", "model", "backend_class", "zone", "energy_source",
-                                   *ROLLUP_SUMS)
+ROLLUP_COLUMNS: tuple[str, ...] = (
+    "day",
+    "tenant",
+    "backend",
+    "model",
+    "backend_class",
+    "zone",
+    "energy_source",
+    *ROLLUP_SUMS,
+)
 PAYOUT_COLUMNS: tuple[str, ...] = (
-    "backend", "backend_class", "zone", "requests", "input_tokens", "output_tokens", "revenue_usd",
-    "energy_wh", "carbon_g", "unbilled_events", "unbilled_tokens", "unbilled_energy_wh",
+    "backend",
+    "backend_class",
+    "zone",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "revenue_usd",
+    "energy_wh",
+    "carbon_g",
+    "unbilled_events",
+    "unbilled_tokens",
+    "unbilled_energy_wh",
 )
 
 
@@ -110,8 +137,9 @@ class Ledger(Protocol):
         milliseconds to commit it with others, and logs it if its commit fails."""
         ...
 
-    async def totals(self, tenant: str | None = None, since: date | None = None,
-                     until: date | None = None) -> dict[str, Any]:
+    async def totals(
+        self, tenant: str | None = None, since: date | None = None, until: date | None = None
+    ) -> dict[str, Any]:
         """Sums over the UTC days since..until (both included; None = unbounded), from the
         rollups: ``requests``, tokens, ``cost_usd``, ``energy_wh``, ``carbon_g`` of billed
         events, and the ``unbilled_*`` figures of the others."""
@@ -121,8 +149,9 @@ class Ledger(Protocol):
         """The latest events, newest first, as dicts of COLUMNS."""
         ...
 
-    def events(self, tenant: str | None, start: date, end: date,
-               page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    def events(
+        self, tenant: str | None, start: date, end: date, page_size: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
         """Raw events of the UTC days start..end in (ts, event_id) order, read a page at a time
         so that a range of any size streams in constant memory."""
         ...
@@ -196,8 +225,9 @@ LINGER_S = 0.005
 def lost(records: list[UsageRecord], error: BaseException) -> None:
     """Records nobody waited for, whose commit failed: the log is all that is left of them."""
     for rec in records:
-        log.error("usage record %s (tenant %s, backend %s) was not recorded: %s",
-                  rec.event_id, rec.tenant, rec.backend, error)
+        log.error(
+            "usage record %s (tenant %s, backend %s) was not recorded: %s", rec.event_id, rec.tenant, rec.backend, error
+        )
 
 
 def resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:

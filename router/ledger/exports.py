@@ -33,32 +33,78 @@ GRANULARITIES: tuple[str, ...] = ("request", "daily")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson", "focus": "text/csv; charset=utf-8"}
 
 FOCUS_MANDATORY: tuple[str, ...] = (
-    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
-    "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargePeriodEnd",
-    "ChargePeriodStart", "ContractedCost", "EffectiveCost", "InvoiceIssuerName", "ListCost", "PricingQuantity",
-    "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory", "ServiceName",
+    "BilledCost",
+    "BillingAccountId",
+    "BillingAccountName",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargeClass",
+    "ChargeDescription",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "ContractedCost",
+    "EffectiveCost",
+    "InvoiceIssuerName",
+    "ListCost",
+    "PricingQuantity",
+    "PricingUnit",
+    "ProviderName",
+    "PublisherName",
+    "ServiceCategory",
+    "ServiceName",
 )
 FOCUS_OPTIONAL: tuple[str, ...] = (
-    "ChargeFrequency", "ConsumedQuantity", "ConsumedUnit", "RegionId", "RegionName", "ServiceSubcategory",
-    "SubAccountId", "SubAccountName",
+    "ChargeFrequency",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "RegionId",
+    "RegionName",
+    "ServiceSubcategory",
+    "SubAccountId",
+    "SubAccountName",
 )
 FOCUS_CUSTOM: tuple[str, ...] = (
-    "x_BackendClass", "x_Zone", "x_EnergyWh", "x_CarbonGramsCO2e", "x_EnergyProvenance", "x_TokensIn",
-    "x_TokensOut", "x_Backend", "x_Model", "x_RequestId", "x_EventKind",
+    "x_BackendClass",
+    "x_Zone",
+    "x_EnergyWh",
+    "x_CarbonGramsCO2e",
+    "x_EnergyProvenance",
+    "x_TokensIn",
+    "x_TokensOut",
+    "x_Backend",
+    "x_Model",
+    "x_RequestId",
+    "x_EventKind",
 )
 FOCUS_COLUMNS: tuple[str, ...] = (*FOCUS_MANDATORY, *FOCUS_OPTIONAL, *FOCUS_CUSTOM)
-FOCUS_DECIMALS = frozenset({"BilledCost", "ContractedCost", "EffectiveCost", "ListCost", "PricingQuantity",
-                            "ConsumedQuantity", "x_EnergyWh", "x_CarbonGramsCO2e"})
+FOCUS_DECIMALS = frozenset(
+    {
+        "BilledCost",
+        "ContractedCost",
+        "EffectiveCost",
+        "ListCost",
+        "PricingQuantity",
+        "ConsumedQuantity",
+        "x_EnergyWh",
+        "x_CarbonGramsCO2e",
+    }
+)
 
 # Columns written as plain decimals; other floats (timestamps, latencies) keep their shortest form.
-_DECIMALS = FOCUS_DECIMALS | {c for c in (*COLUMNS, *ROLLUP_COLUMNS, *PAYOUT_COLUMNS)
-                              if c.endswith(("cost_usd", "revenue_usd", "energy_wh", "carbon_g"))}
+_DECIMALS = FOCUS_DECIMALS | {
+    c
+    for c in (*COLUMNS, *ROLLUP_COLUMNS, *PAYOUT_COLUMNS)
+    if c.endswith(("cost_usd", "revenue_usd", "energy_wh", "carbon_g"))
+}
 _ISSUER = "fedrouter"
 _CHUNK = 64 * 1024
 
 
-def usage_rows(ledger: Ledger, tenant: str | None, start: date, end: date,
-               granularity: Granularity) -> AsyncIterator[dict[str, Any]]:
+def usage_rows(
+    ledger: Ledger, tenant: str | None, start: date, end: date, granularity: Granularity
+) -> AsyncIterator[dict[str, Any]]:
     """Per request: the raw events; daily: the rollups (which outlive pruned events)."""
     if granularity == "daily":
         return ledger.rollups(tenant, start, end)
@@ -144,28 +190,51 @@ def _month(ts: datetime) -> tuple[str, str]:
     return _iso(first), _iso(nxt)
 
 
-def _focus_common(tenant: str, backend: str, backend_class: str, zone: str | None, model: str,
-                  period: tuple[datetime, datetime]) -> dict[str, Any]:
+def _focus_common(
+    tenant: str, backend: str, backend_class: str, zone: str | None, model: str, period: tuple[datetime, datetime]
+) -> dict[str, Any]:
     billing_start, billing_end = _month(period[0])
     return {
-        "BillingAccountId": tenant, "BillingAccountName": tenant, "BillingCurrency": "USD",
-        "BillingPeriodStart": billing_start, "BillingPeriodEnd": billing_end,
-        "ChargePeriodStart": _iso(period[0]), "ChargePeriodEnd": _iso(period[1]),
-        "ChargeCategory": "Usage", "ChargeClass": None, "ChargeFrequency": "Usage-Based",
-        "InvoiceIssuerName": _ISSUER, "ProviderName": _ISSUER, "PublisherName": backend,
-        "ServiceCategory": "AI and Machine Learning", "ServiceSubcategory": "Generative AI",
-        "ServiceName": "LLM Inference", "PricingUnit": "Tokens", "ConsumedUnit": "Tokens",
-        "RegionId": zone, "RegionName": zone, "x_BackendClass": backend_class, "x_Zone": zone,
-        "x_Backend": backend, "x_Model": model,
+        "BillingAccountId": tenant,
+        "BillingAccountName": tenant,
+        "BillingCurrency": "USD",
+        "BillingPeriodStart": billing_start,
+        "BillingPeriodEnd": billing_end,
+        "ChargePeriodStart": _iso(period[0]),
+        "ChargePeriodEnd": _iso(period[1]),
+        "ChargeCategory": "Usage",
+        "ChargeClass": None,
+        "ChargeFrequency": "Usage-Based",
+        "InvoiceIssuerName": _ISSUER,
+        "ProviderName": _ISSUER,
+        "PublisherName": backend,
+        "ServiceCategory": "AI and Machine Learning",
+        "ServiceSubcategory": "Generative AI",
+        "ServiceName": "LLM Inference",
+        "PricingUnit": "Tokens",
+        "ConsumedUnit": "Tokens",
+        "RegionId": zone,
+        "RegionName": zone,
+        "x_BackendClass": backend_class,
+        "x_Zone": zone,
+        "x_Backend": backend,
+        "x_Model": model,
     }
 
 
 def _figures(cost: float, tokens_in: int, tokens_out: int, energy_wh: float, carbon_g: float) -> dict[str, Any]:
     tokens = tokens_in + tokens_out
     return {
-        "BilledCost": cost, "EffectiveCost": cost, "ListCost": cost, "ContractedCost": cost,
-        "PricingQuantity": tokens, "ConsumedQuantity": tokens, "x_TokensIn": tokens_in,
-        "x_TokensOut": tokens_out, "x_EnergyWh": energy_wh, "x_CarbonGramsCO2e": carbon_g,
+        "BilledCost": cost,
+        "EffectiveCost": cost,
+        "ListCost": cost,
+        "ContractedCost": cost,
+        "PricingQuantity": tokens,
+        "ConsumedQuantity": tokens,
+        "x_TokensIn": tokens_in,
+        "x_TokensOut": tokens_out,
+        "x_EnergyWh": energy_wh,
+        "x_CarbonGramsCO2e": carbon_g,
     }
 
 
@@ -177,11 +246,15 @@ def focus_event(e: Mapping[str, Any]) -> dict[str, Any]:
     what = f"{e['input_tokens']} input + {e['output_tokens']} output tokens of {e['model']} on {e['backend']}"
     return {
         **_focus_common(e["tenant"], e["backend"], e["backend_class"], e["zone"], e["model"], (start, end)),
-        **_figures(e["cost_usd"] if billed else 0.0, e["input_tokens"], e["output_tokens"], e["energy_wh"],
-                   e["carbon_g"]),
+        **_figures(
+            e["cost_usd"] if billed else 0.0, e["input_tokens"], e["output_tokens"], e["energy_wh"], e["carbon_g"]
+        ),
         "ChargeDescription": what if billed else f"{what} ({e['kind']} attempt, not billed)",
-        "SubAccountId": e["key_id"], "SubAccountName": e["key_id"], "x_EnergyProvenance": e["energy_source"],
-        "x_RequestId": e["request_id"], "x_EventKind": e["kind"],
+        "SubAccountId": e["key_id"],
+        "SubAccountName": e["key_id"],
+        "x_EnergyProvenance": e["energy_source"],
+        "x_RequestId": e["request_id"],
+        "x_EventKind": e["kind"],
     }
 
 
@@ -189,20 +262,39 @@ def focus_rollup(r: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A day's rollup as FOCUS rows: the billed usage, and the unbilled consumption if any."""
     day = date.fromisoformat(str(r["day"]))
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    common = {**_focus_common(r["tenant"], r["backend"], r["backend_class"], r["zone"], r["model"],
-                              (start, start + timedelta(days=1))),
-              "SubAccountId": None, "SubAccountName": None, "x_EnergyProvenance": r["energy_source"],
-              "x_RequestId": None}
+    common = {
+        **_focus_common(
+            r["tenant"], r["backend"], r["backend_class"], r["zone"], r["model"], (start, start + timedelta(days=1))
+        ),
+        "SubAccountId": None,
+        "SubAccountName": None,
+        "x_EnergyProvenance": r["energy_source"],
+        "x_RequestId": None,
+    }
     rows = []
     if r["requests"] or not r["unbilled_events"]:
-        rows.append({**common, **_figures(r["cost_usd"], r["input_tokens"], r["output_tokens"], r["energy_wh"],
-                                          r["carbon_g"]),
-                     "ChargeDescription": f"{r['requests']} requests to {r['model']} on {r['backend']}",
-                     "x_EventKind": "request"})
+        rows.append(
+            {
+                **common,
+                **_figures(r["cost_usd"], r["input_tokens"], r["output_tokens"], r["energy_wh"], r["carbon_g"]),
+                "ChargeDescription": f"{r['requests']} requests to {r['model']} on {r['backend']}",
+                "x_EventKind": "request",
+            }
+        )
     if r["unbilled_events"]:
-        rows.append({**common, **_figures(0.0, r["unbilled_input_tokens"], r["unbilled_output_tokens"],
-                                          r["unbilled_energy_wh"], r["unbilled_carbon_g"]),
-                     "ChargeDescription": f"{r['unbilled_events']} retried or hedged attempts to {r['model']} "
-                                          f"on {r['backend']}, not billed",
-                     "x_EventKind": "unbilled"})
+        rows.append(
+            {
+                **common,
+                **_figures(
+                    0.0,
+                    r["unbilled_input_tokens"],
+                    r["unbilled_output_tokens"],
+                    r["unbilled_energy_wh"],
+                    r["unbilled_carbon_g"],
+                ),
+                "ChargeDescription": f"{r['unbilled_events']} retried or hedged attempts to {r['model']} "
+                f"on {r['backend']}, not billed",
+                "x_EventKind": "unbilled",
+            }
+        )
     return rows

@@ -58,8 +58,9 @@ _Item = tuple[UsageRecord, asyncio.Future[None] | None]  # no future: nobody wai
 async def migrate(conn: asyncpg.Connection) -> int:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
-                           "(version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)"
+        )
         current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
         for version, statements in enumerate(POSTGRES_MIGRATIONS[current:], start=current + 1):
             for sql in statements:
@@ -148,8 +149,9 @@ class PostgresLedger:
         async with self._acquire() as conn:
             return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
 
-    async def totals(self, tenant: str | None = None, since: date | None = None,
-                     until: date | None = None) -> dict[str, Any]:
+    async def totals(
+        self, tenant: str | None = None, since: date | None = None, until: date | None = None
+    ) -> dict[str, Any]:
         where, args = _rollup_where(tenant, since, until)
         sums = ", ".join(f"COALESCE(SUM({c}), 0){'::bigint' if c in _COUNTS else ''} AS {c}" for c in ROLLUP_SOURCES)
         rows = await self._fetch(f"SELECT {sums} FROM usage_daily {where}", *args)
@@ -157,27 +159,35 @@ class PostgresLedger:
 
     async def recent(self, limit: int = 50, tenant: str | None = None) -> list[dict[str, Any]]:
         where, args = ("WHERE tenant = $2", (tenant,)) if tenant else ("", ())
-        rows = await self._fetch(f"SELECT * FROM usage_events {where} ORDER BY ts DESC, event_id DESC LIMIT $1",
-                                 limit, *args)
+        rows = await self._fetch(
+            f"SELECT * FROM usage_events {where} ORDER BY ts DESC, event_id DESC LIMIT $1", limit, *args
+        )
         return [dict(r) for r in rows]
 
-    async def events(self, tenant: str | None, start: date, end: date,
-                     page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    async def events(
+        self, tenant: str | None, start: date, end: date, page_size: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
         lo, hi = day_bounds(start, end)
         scope, scope_args = ("tenant = $5 AND ", (tenant,)) if tenant else ("", ())
         after: tuple[float, str] = (lo, "")
         while True:
             rows = await self._fetch(
                 f"SELECT * FROM usage_events WHERE {scope}ts < $1 AND (ts, event_id) > ($2, $3) "
-                "ORDER BY ts, event_id LIMIT $4", hi, *after, page_size, *scope_args)
+                "ORDER BY ts, event_id LIMIT $4",
+                hi,
+                *after,
+                page_size,
+                *scope_args,
+            )
             for row in rows:
                 yield dict(row)
             if len(rows) < page_size:
                 return
             after = (rows[-1]["ts"], rows[-1]["event_id"])
 
-    async def rollups(self, tenant: str | None, start: date, end: date,
-                      page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    async def rollups(
+        self, tenant: str | None, start: date, end: date, page_size: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
         where, args = _rollup_where(tenant, start, end)
         n = len(args)
         key = ", ".join(ROLLUP_KEY)
@@ -185,7 +195,11 @@ class PostgresLedger:
         while True:
             rows = await self._fetch(
                 f"SELECT {', '.join(ROLLUP_COLUMNS)} FROM usage_daily {where} AND ({key}) > "
-                f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}) ORDER BY {key} LIMIT ${n + 5}", *args, *after, page_size)
+                f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}) ORDER BY {key} LIMIT ${n + 5}",
+                *args,
+                *after,
+                page_size,
+            )
             for row in rows:
                 yield {**row, "day": row["day"].isoformat()}
             if len(rows) < page_size:
@@ -199,7 +213,9 @@ class PostgresLedger:
             "SUM(output_tokens)::bigint, SUM(cost_usd), SUM(energy_wh + unbilled_energy_wh), "
             "SUM(carbon_g + unbilled_carbon_g), SUM(unbilled_events)::bigint, "
             "SUM(unbilled_input_tokens + unbilled_output_tokens)::bigint, SUM(unbilled_energy_wh) "
-            f"FROM usage_daily {where} GROUP BY backend ORDER BY backend", *args)
+            f"FROM usage_daily {where} GROUP BY backend ORDER BY backend",
+            *args,
+        )
         return [dict(zip(PAYOUT_COLUMNS, r, strict=True)) for r in rows]
 
     async def prune(self) -> int:

@@ -25,21 +25,49 @@ _TYPES: dict[str, dict[Dialect, str]] = {
 }
 _NULLABLE = frozenset({"zone", "ttft_ms", "key_id", "decision"})
 EVENT_TYPES: dict[str, str] = {
-    "event_id": "text", "request_id": "text", "ts": "float", "tenant": "text", "backend": "text",
-    "backend_class": "text", "zone": "text", "model": "text", "endpoint": "text", "input_tokens": "int",
-    "output_tokens": "int", "cost_usd": "float", "energy_wh": "float", "latency_ms": "float", "ttft_ms": "float",
-    "outcome": "text", "tokens_source": "text", "attempts": "int", "stream": "bool", "attempt": "int",
-    "kind": "text", "billed": "bool", "key_id": "text", "carbon_g": "float", "energy_source": "text",
+    "event_id": "text",
+    "request_id": "text",
+    "ts": "float",
+    "tenant": "text",
+    "backend": "text",
+    "backend_class": "text",
+    "zone": "text",
+    "model": "text",
+    "endpoint": "text",
+    "input_tokens": "int",
+    "output_tokens": "int",
+    "cost_usd": "float",
+    "energy_wh": "float",
+    "latency_ms": "float",
+    "ttft_ms": "float",
+    "outcome": "text",
+    "tokens_source": "text",
+    "attempts": "int",
+    "stream": "bool",
+    "attempt": "int",
+    "kind": "text",
+    "billed": "bool",
+    "key_id": "text",
+    "carbon_g": "float",
+    "energy_source": "text",
     "decision": "text",
 }
 assert tuple(EVENT_TYPES) == COLUMNS, "every field of UsageRecord needs a column type"
 
 #: rollup figure -> the event column it sums (None: it counts events); billed or not by its name.
 ROLLUP_SOURCES: dict[str, str | None] = {
-    "requests": None, "input_tokens": "input_tokens", "output_tokens": "output_tokens", "cost_usd": "cost_usd",
-    "energy_wh": "energy_wh", "carbon_g": "carbon_g", "unbilled_events": None,
-    "unbilled_input_tokens": "input_tokens", "unbilled_output_tokens": "output_tokens",
-    "unbilled_cost_usd": "cost_usd", "unbilled_energy_wh": "energy_wh", "unbilled_carbon_g": "carbon_g",
+    "requests": None,
+    "input_tokens": "input_tokens",
+    "output_tokens": "output_tokens",
+    "cost_usd": "cost_usd",
+    "energy_wh": "energy_wh",
+    "carbon_g": "carbon_g",
+    "unbilled_events": None,
+    "unbilled_input_tokens": "input_tokens",
+    "unbilled_output_tokens": "output_tokens",
+    "unbilled_cost_usd": "cost_usd",
+    "unbilled_energy_wh": "energy_wh",
+    "unbilled_carbon_g": "carbon_g",
 }
 ROLLUP_KEY = ("day", "tenant", "backend", "model")
 
@@ -71,9 +99,11 @@ def rollups_table(d: Dialect) -> str:
 def rollup_upsert_set(table: str = "usage_daily") -> str:
     """The ON CONFLICT DO UPDATE assignments adding new sums to a day's row."""
     sums = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SOURCES)
-    return (f"{sums}, backend_class = excluded.backend_class, zone = excluded.zone, "
-            f"energy_source = CASE WHEN {table}.energy_source = excluded.energy_source "
-            f"THEN {table}.energy_source ELSE 'mixed' END")
+    return (
+        f"{sums}, backend_class = excluded.backend_class, zone = excluded.zone, "
+        f"energy_source = CASE WHEN {table}.energy_source = excluded.energy_source "
+        f"THEN {table}.energy_source ELSE 'mixed' END"
+    )
 
 
 _INDEXES = (
@@ -84,7 +114,8 @@ _INDEXES = (
 
 def _sqlite_trigger() -> str:
     values = ", ".join(
-        ("NEW.billed" if src is None else f"NEW.billed * NEW.{src}") if not name.startswith("unbilled_")
+        ("NEW.billed" if src is None else f"NEW.billed * NEW.{src}")
+        if not name.startswith("unbilled_")
         else ("1 - NEW.billed" if src is None else f"(1 - NEW.billed) * NEW.{src}")
         for name, src in ROLLUP_SOURCES.items()
     )
@@ -136,8 +167,11 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: one row per event, keyed by event id; the first release's rows become billed requests.
     (events_table("sqlite"), *_INDEXES, _LEGACY_COPY, "DROP TABLE usage"),
     # 3: daily rollups, kept by a trigger in the events' own transaction, back-filled once.
-    (rollups_table("sqlite"), _sqlite_trigger(),
-     f"INSERT INTO usage_daily ({', '.join(ROLLUP_COLUMNS)}) {rollup_select('sqlite', 'usage_events')}"),
+    (
+        rollups_table("sqlite"),
+        _sqlite_trigger(),
+        f"INSERT INTO usage_daily ({', '.join(ROLLUP_COLUMNS)}) {rollup_select('sqlite', 'usage_events')}",
+    ),
 )
 
 POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (

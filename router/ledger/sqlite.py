@@ -34,8 +34,10 @@ from router.ledger.base import (
 )
 from router.ledger.schema import ROLLUP_SOURCES, SQLITE_MIGRATIONS
 
-_INSERT = (f"INSERT INTO usage_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-           "ON CONFLICT (event_id) DO NOTHING")
+_INSERT = (
+    f"INSERT INTO usage_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
 _MAX_BATCH = 512
 _CHECKPOINT_EVERY_S = 0.2  # often enough that the WAL holds a fraction of a second of commits
 # WAL frames (pages) past which the writer finishes a checkpoint itself (see _checkpoint_loop).
@@ -74,9 +76,14 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class SQLiteLedger:
-    def __init__(self, path: str, retention_days: int | None = None, *,
-                 wal_restart_frames: int = _WAL_RESTART_FRAMES,
-                 checkpoint_every_s: float = _CHECKPOINT_EVERY_S) -> None:
+    def __init__(
+        self,
+        path: str,
+        retention_days: int | None = None,
+        *,
+        wal_restart_frames: int = _WAL_RESTART_FRAMES,
+        checkpoint_every_s: float = _CHECKPOINT_EVERY_S,
+    ) -> None:
         self._path = path
         self._wal_restart_frames = wal_restart_frames
         self._checkpoint_every_s = checkpoint_every_s
@@ -100,8 +107,9 @@ class SQLiteLedger:
             # fsyncs of a checkpoint then stall that commit (and the responses waiting on it) for
             # milliseconds. The writer never checkpoints; this thread does, beside it, PASSIVE.
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(connect(self._path),),
-                                                  name="ledger-checkpoint", daemon=True)
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(connect(self._path),), name="ledger-checkpoint", daemon=True
+            )
             self._checkpointer.start()
         self._reader = conn if self._path == ":memory:" else connect(self._path)
         self._reader.row_factory = sqlite3.Row
@@ -193,8 +201,9 @@ class SQLiteLedger:
     async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
         return await self._read(lambda conn: conn.execute(sql, args).fetchall())  # type: ignore[no-any-return]
 
-    async def totals(self, tenant: str | None = None, since: date | None = None,
-                     until: date | None = None) -> dict[str, Any]:
+    async def totals(
+        self, tenant: str | None = None, since: date | None = None, until: date | None = None
+    ) -> dict[str, Any]:
         where, args = _rollup_where(tenant, since, until)
         sums = ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in ROLLUP_SOURCES)
         rows = await self._fetch(f"SELECT {sums} FROM usage_daily {where}", args)
@@ -205,30 +214,36 @@ class SQLiteLedger:
         rows = await self._fetch(f"SELECT * FROM usage_events {where} ORDER BY ts DESC, event_id DESC LIMIT ?", args)
         return [_event(r) for r in rows]
 
-    async def events(self, tenant: str | None, start: date, end: date,
-                     page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    async def events(
+        self, tenant: str | None, start: date, end: date, page_size: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
         lo, hi = day_bounds(start, end)
         scope, scope_args = ("tenant = ? AND ", (tenant,)) if tenant else ("", ())
         after: tuple[float, str] = (lo, "")
         while True:
             rows = await self._fetch(
                 f"SELECT * FROM usage_events WHERE {scope}ts < ? AND (ts, event_id) > (?, ?) "
-                "ORDER BY ts, event_id LIMIT ?", (*scope_args, hi, *after, page_size))
+                "ORDER BY ts, event_id LIMIT ?",
+                (*scope_args, hi, *after, page_size),
+            )
             for row in rows:
                 yield _event(row)
             if len(rows) < page_size:
                 return
             after = (rows[-1]["ts"], rows[-1]["event_id"])
 
-    async def rollups(self, tenant: str | None, start: date, end: date,
-                      page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    async def rollups(
+        self, tenant: str | None, start: date, end: date, page_size: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
         where, args = _rollup_where(tenant, start, end)
         key = "(day, tenant, backend, model)"
         after: tuple[str, ...] = ("", "", "", "")
         while True:
             rows = await self._fetch(
                 f"SELECT {', '.join(ROLLUP_COLUMNS)} FROM usage_daily {where} AND {key} > (?, ?, ?, ?) "
-                f"ORDER BY {key[1:-1]} LIMIT ?", (*args, *after, page_size))
+                f"ORDER BY {key[1:-1]} LIMIT ?",
+                (*args, *after, page_size),
+            )
             for row in rows:
                 yield dict(row)
             if len(rows) < page_size:
@@ -241,7 +256,9 @@ class SQLiteLedger:
             "SELECT backend, MAX(backend_class), MAX(zone), SUM(requests), SUM(input_tokens), SUM(output_tokens), "
             "SUM(cost_usd), SUM(energy_wh + unbilled_energy_wh), SUM(carbon_g + unbilled_carbon_g), "
             "SUM(unbilled_events), SUM(unbilled_input_tokens + unbilled_output_tokens), SUM(unbilled_energy_wh) "
-            f"FROM usage_daily {where} GROUP BY backend ORDER BY backend", args)
+            f"FROM usage_daily {where} GROUP BY backend ORDER BY backend",
+            args,
+        )
         return [dict(zip(PAYOUT_COLUMNS, r, strict=True)) for r in rows]
 
     async def prune(self) -> int:
@@ -252,8 +269,10 @@ class SQLiteLedger:
         def run(conn: sqlite3.Connection) -> int:
             total = 0
             while True:  # small transactions, so the writer thread never waits long
-                n = conn.execute("DELETE FROM usage_events WHERE rowid IN (SELECT rowid FROM usage_events "
-                                 "WHERE ts < ? LIMIT ?)", (cutoff, _PRUNE_CHUNK)).rowcount
+                n = conn.execute(
+                    "DELETE FROM usage_events WHERE rowid IN (SELECT rowid FROM usage_events WHERE ts < ? LIMIT ?)",
+                    (cutoff, _PRUNE_CHUNK),
+                ).rowcount
                 total += n
                 if n < _PRUNE_CHUNK:
                     return total

@@ -51,6 +51,7 @@ def optional_int(payload: dict[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidRequest(f"Invalid value for '{name}': expected a non-negative integer.", param=name,
-                             code="invalid_value")
+        raise InvalidRequest(
+            f"Invalid value for '{name}': expected a non-negative integer.", param=name, code="invalid_value"
+        )
     return value

@@ -32,11 +32,16 @@ class Deadline:
         self._watch.arm(self)
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._watch.disarm(self)
-        if self.expired and kind is asyncio.CancelledError and self._task is not None \
-                and self._task.uncancel() <= self._cancelling:
+        if (
+            self.expired
+            and kind is asyncio.CancelledError
+            and self._task is not None
+            and self._task.uncancel() <= self._cancelling
+        ):
             raise TimeoutError from exc
 
     def expire(self) -> None:

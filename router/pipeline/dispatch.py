@@ -95,12 +95,15 @@ def dump_object(payload: dict[str, object]) -> bytes:
     try:
         return orjson.dumps(payload)
     except orjson.JSONEncodeError as exc:
-        raise InvalidRequest(f"The request body could not be forwarded: {exc} (JSON nested more than 254 "
-                             "levels deep).", code="nested_too_deeply") from None
+        raise InvalidRequest(
+            f"The request body could not be forwarded: {exc} (JSON nested more than 254 levels deep).",
+            code="nested_too_deeply",
+        ) from None
 
 
-def upstream_request(endpoint: str, payload: dict[str, object], raw: bytes, scored: Scored, model: str,
-                     add_stream_usage: bool) -> UpstreamRequest:
+def upstream_request(
+    endpoint: str, payload: dict[str, object], raw: bytes, scored: Scored, model: str, add_stream_usage: bool
+) -> UpstreamRequest:
     """The body for one backend: the client's bytes as they came unless this backend needs a
     change (another model name, no identifying fields, a usage chunk asked for)."""
     info = scored.candidate.info
@@ -121,8 +124,9 @@ def upstream_request(endpoint: str, payload: dict[str, object], raw: bytes, scor
 
 
 class Dispatcher:
-    def __init__(self, providers: Mapping[str, Provider], stats: StatsBook, routing: RoutingConfig,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, providers: Mapping[str, Provider], stats: StatsBook, routing: RoutingConfig, metrics: Metrics
+    ) -> None:
         self._providers = providers
         self._stats = stats
         self._routing = routing
@@ -130,9 +134,14 @@ class Dispatcher:
         self.hedger = Hedger(routing.hedging, stats)
         self._deadlines = Deadlines()
 
-    async def run(self, job: Job, order: list[Scored], attempts: Attempts,
-                  call: Callable[[Scored, Provider], Awaitable[T]],
-                  discard: Callable[[T], Awaitable[None]] | None = None) -> tuple[Scored, T]:
+    async def run(
+        self,
+        job: Job,
+        order: list[Scored],
+        attempts: Attempts,
+        call: Callable[[Scored, Provider], Awaitable[T]],
+        discard: Callable[[T], Awaitable[None]] | None = None,
+    ) -> tuple[Scored, T]:
         """Try ``call`` on the candidates in order; a candidate's turn comes again (after a
         jittered backoff) only once every other candidate has failed. Retries stop at
         ``max_attempts``, when the retry budget is spent, or at the deadline."""
@@ -169,17 +178,29 @@ class Dispatcher:
             if not exc.retryable:
                 raise _relay(exc) from None
         except TimeoutError:
-            raise GatewayError(f"No backend answered within the request deadline ({r.deadline_s:g} s): "
-                               + "; ".join(attempts.errors or ["still waiting"]), status=504,
-                               code="deadline_exceeded", headers={"retry-after": "1"}) from None
+            raise GatewayError(
+                f"No backend answered within the request deadline ({r.deadline_s:g} s): "
+                + "; ".join(attempts.errors or ["still waiting"]),
+                status=504,
+                code="deadline_exceeded",
+                headers={"retry-after": "1"},
+            ) from None
         except _NoneLeft:
             why.append("every remaining backend is ejected or being probed")
         reasons = "; ".join(attempts.errors + why)
-        raise NoBackendAvailable(f"Every backend able to serve this request failed: {reasons}",
-                                 headers={"retry-after": "1"})
+        raise NoBackendAvailable(
+            f"Every backend able to serve this request failed: {reasons}", headers={"retry-after": "1"}
+        )
 
-    def _stop(self, state: RetryCallState, attempts: Attempts, limit: int, rotation: _Rotation,
-              deadline: float, why: list[str]) -> bool:
+    def _stop(
+        self,
+        state: RetryCallState,
+        attempts: Attempts,
+        limit: int,
+        rotation: _Rotation,
+        deadline: float,
+        why: list[str],
+    ) -> bool:
         """Whether to give up; a retry that goes ahead is counted against the budget here."""
         if attempts.count >= limit or not rotation.order:
             return True
@@ -204,9 +225,15 @@ class Dispatcher:
         backoff = min(r.backoff_max, r.backoff_initial * 2 ** (max(rotation.rounds, 1) - 1))
         return min(r.backoff_max, max(retry_after, backoff * (0.5 + _jitter(state))))
 
-    async def _attempt(self, job: Job, rotation: _Rotation, attempts: Attempts,
-                       call: Callable[[Scored, Provider], Awaitable[T]],
-                       discard: Callable[[T], Awaitable[None]] | None, first: bool) -> tuple[Scored, T]:
+    async def _attempt(
+        self,
+        job: Job,
+        rotation: _Rotation,
+        attempts: Attempts,
+        call: Callable[[Scored, Provider], Awaitable[T]],
+        discard: Callable[[T], Awaitable[None]] | None,
+        first: bool,
+    ) -> tuple[Scored, T]:
         scored, probe = await self._next(job.model, rotation)
         hedge = rotation.peek() if first and job.hedge and not probe else None
         delay = None
@@ -225,8 +252,13 @@ class Dispatcher:
             numbers[1] = _number(attempts)
             return self._try(job.model, hedge, False, numbers[1], attempts, call)
 
-        raced = await race(lambda: self._try(job.model, scored, probe, numbers[0], attempts, call), second,
-                           delay, self.hedger.take, discard)
+        raced = await race(
+            lambda: self._try(job.model, scored, probe, numbers[0], attempts, call),
+            second,
+            delay,
+            self.hedger.take,
+            discard,
+        )
         both = (scored, hedge)
         if raced.cancelled is not None:
             attempts.hedged.append((both[raced.cancelled], numbers[raced.cancelled]))
@@ -253,8 +285,15 @@ class Dispatcher:
         name = scored.candidate.info.name
         return not (self._stats.ejected(name, model) or self._stats.half_open(name, model))
 
-    async def _try(self, model: str, scored: Scored, probe: bool, number: int, attempts: Attempts,
-                   call: Callable[[Scored, Provider], Awaitable[T]]) -> T:
+    async def _try(
+        self,
+        model: str,
+        scored: Scored,
+        probe: bool,
+        number: int,
+        attempts: Attempts,
+        call: Callable[[Scored, Provider], Awaitable[T]],
+    ) -> T:
         name = scored.candidate.info.name
         self._stats.started(name, model)
         attempts.last = scored, number
@@ -279,10 +318,15 @@ class Dispatcher:
         self._metrics.attempt(name, "ok")
         return result
 
-    async def open_stream(self, job: Job, order: list[Scored], attempts: Attempts,
-                          make: Callable[[Scored], UpstreamRequest],
-                          prepare: Callable[[Scored], None] | None = None,
-                          commit: Callable[[Opened], None] | None = None) -> Opened:
+    async def open_stream(
+        self,
+        job: Job,
+        order: list[Scored],
+        attempts: Attempts,
+        make: Callable[[Scored], UpstreamRequest],
+        prepare: Callable[[Scored], None] | None = None,
+        commit: Callable[[Opened], None] | None = None,
+    ) -> Opened:
         """Open a stream and wait for its first event; until then, a failure falls back unseen.
         ``prepare`` is called once a backend's answer has begun (its first event may be long in
         coming), for work that would otherwise delay the first byte to the client.

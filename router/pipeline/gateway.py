@@ -43,9 +43,21 @@ class _Parsed:
 
 
 class Gateway:
-    def __init__(self, *, tenancy: Tenancy, planner: Planner, dispatcher: Dispatcher, stats: StatsBook,
-                 ledger: Ledger, metrics: Metrics, tokens: TokenCounter, providers: dict[str, Provider],
-                 stream_usage: frozenset[str], max_body_bytes: int, admission: Admission | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tenancy: Tenancy,
+        planner: Planner,
+        dispatcher: Dispatcher,
+        stats: StatsBook,
+        ledger: Ledger,
+        metrics: Metrics,
+        tokens: TokenCounter,
+        providers: dict[str, Provider],
+        stream_usage: frozenset[str],
+        max_body_bytes: int,
+        admission: Admission | None = None,
+    ) -> None:
         self.tenancy = tenancy
         self.admission = admission or LocalAdmission(ledger)
         self.planner = planner
@@ -63,8 +75,14 @@ class Gateway:
     def max_body_bytes(self) -> int:
         return self._limit
 
-    async def handle(self, endpoint: Endpoint, authorization: str | None, body: bytes, request_id: str,
-                     early: EarlyWrite | None = None) -> Response:
+    async def handle(
+        self,
+        endpoint: Endpoint,
+        authorization: str | None,
+        body: bytes,
+        request_id: str,
+        early: EarlyWrite | None = None,
+    ) -> Response:
         """One inference request whose body has been read (within ``max_body_bytes``). With
         ``early``, a stream's head and first event are written through it the moment that event
         is in; the EventStreamResponse returned then relays the rest, and an error raised after
@@ -80,8 +98,9 @@ class Gateway:
             _allowed(tenant, plan.model)
             if override is not None or plan.model != parsed.model:
                 parsed = _retarget(parsed, plan.model)
-            ctx = RequestContext(request_id, tenant.name, parsed.model, endpoint,
-                                 parsed.stream, received, started, tenant.key_id, plan)
+            ctx = RequestContext(
+                request_id, tenant.name, parsed.model, endpoint, parsed.stream, received, started, tenant.key_id, plan
+            )
             parsed, ticket = await self._admit(ctx, tenant, parsed, plan.order)
             try:
                 if parsed.stream:
@@ -95,16 +114,29 @@ class Gateway:
                 self.metrics.refused(endpoint, _outcome_of(err))
             raise
 
-    async def _admit(self, ctx: RequestContext, tenant: Caller, parsed: _Parsed,
-                     order: list[Scored]) -> tuple[_Parsed, Ticket]:
+    async def _admit(
+        self, ctx: RequestContext, tenant: Caller, parsed: _Parsed, order: list[Scored]
+    ) -> tuple[_Parsed, Ticket]:
         """Rate limits and the budget reservation; every exit path after this settles the ticket."""
         if needs_output_cap(list(tenant.budgets), ctx.endpoint, parsed.payload):
             parsed = _capped(parsed)
-        ticket = await self.admission.admit(demand(
-            request_id=ctx.request_id, tenant=tenant.name, key_id=tenant.key_id or "", limits=tenant.limits,
-            key_limits=tenant.key.limits if tenant.key else None, budgets=list(tenant.budgets),
-            endpoint=ctx.endpoint, payload=parsed.payload, body_bytes=len(parsed.body),
-            prompt_estimate=parsed.shape.input_tokens, order=order, stream=parsed.stream, received=ctx.received_ts))
+        ticket = await self.admission.admit(
+            demand(
+                request_id=ctx.request_id,
+                tenant=tenant.name,
+                key_id=tenant.key_id or "",
+                limits=tenant.limits,
+                key_limits=tenant.key.limits if tenant.key else None,
+                budgets=list(tenant.budgets),
+                endpoint=ctx.endpoint,
+                payload=parsed.payload,
+                body_bytes=len(parsed.body),
+                prompt_estimate=parsed.shape.input_tokens,
+                order=order,
+                stream=parsed.stream,
+                received=ctx.received_ts,
+            )
+        )
         return parsed, ticket
 
     async def _complete(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket) -> Response:
@@ -125,14 +157,20 @@ class Gateway:
         self._failed_attempts(ctx, parsed, attempts)
         self._hedge_overhead(ctx, parsed, attempts)
         tokens_in, tokens_out, source = self._usage_of(parsed.payload, resp.data)
-        record = build_record(ctx, scored, tokens_in, tokens_out, "ok", source, attempts.count, None,
-                              attempt=attempts.answered or None)
+        record = build_record(
+            ctx, scored, tokens_in, tokens_out, "ok", source, attempts.count, None, attempt=attempts.answered or None
+        )
         committed = self.ledger.submit(record)  # the writer thread commits while the rest is done here
         try:
             await self.admission.settle(ticket, record)
             name = scored.candidate.info.name
-            self.stats.success(name, ctx.model, _ttft_estimate(record.latency_ms / 1000, tokens_out, scored),
-                               tokens_out, record.latency_ms / 1000)
+            self.stats.success(
+                name,
+                ctx.model,
+                _ttft_estimate(record.latency_ms / 1000, tokens_out, scored),
+                tokens_out,
+                record.latency_ms / 1000,
+            )
             self.planner.observe_power(name, resp.headers, still_counted=False)
             observe(self.metrics, record)
             headers = {**self._headers(scored, attempts), **ticket.headers}
@@ -142,8 +180,9 @@ class Gateway:
             await committed  # durable before the client sees the answer
         return answer
 
-    async def _stream(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket,
-                      early: EarlyWrite | None) -> Response:
+    async def _stream(
+        self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket, early: EarlyWrite | None
+    ) -> Response:
         attempts = Attempts()
 
         def make(scored: Scored) -> Any:
@@ -195,16 +234,20 @@ class Gateway:
 
     def _relay(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts, ticket: Ticket) -> StreamRelay:
         return StreamRelay(
-            ctx, attempts, client_usage=parsed.client_usage,
-            prompt_tokens=lambda: self.tokens.count_prompt(parsed.payload), ledger=self.ledger,
-            stats=self.stats, metrics=self.metrics, tokens=self.tokens,
+            ctx,
+            attempts,
+            client_usage=parsed.client_usage,
+            prompt_tokens=lambda: self.tokens.count_prompt(parsed.payload),
+            ledger=self.ledger,
+            stats=self.stats,
+            metrics=self.metrics,
+            tokens=self.tokens,
             release=lambda name: self.dispatcher.stream_done(name, ctx.model),
             settle=lambda record: self.admission.settle(ticket, record),
         )
 
     def _job(self, ctx: RequestContext, parsed: _Parsed) -> Job:
-        return Job(ctx.model, parsed.stream, parsed.shape.max_output_tokens,
-                   self.dispatcher.hedger.applies(ctx.tenant))
+        return Job(ctx.model, parsed.stream, parsed.shape.max_output_tokens, self.dispatcher.hedger.applies(ctx.tenant))
 
     def _unanswered(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts, err: GatewayError | None) -> None:
         """A request that reached a backend and got no answer still has its one event: its last
@@ -215,8 +258,9 @@ class Gateway:
         how = next((k for _, n, k in attempts.failed if n == number), "cancelled")
         outcome: Outcome = "client_disconnected" if err is None else _outcome_of(err)
         prompt = self.tokens.count_prompt(parsed.payload) if how in _CONSUMED else 0
-        record = build_record(ctx, scored, prompt, 0, outcome, "counted", attempts.count, None, attempt=number,
-                              billed=False)
+        record = build_record(
+            ctx, scored, prompt, 0, outcome, "counted", attempts.count, None, attempt=number, billed=False
+        )
         self.ledger.submit(record)
         observe(self.metrics, record)
         self._failed_attempts(ctx, parsed, attempts, skip=number)
@@ -231,15 +275,40 @@ class Gateway:
             if number != skip and how in _CONSUMED:
                 if prompt is None:
                     prompt = self.tokens.count_prompt(parsed.payload)
-                self.ledger.submit(build_record(ctx, scored, prompt, 0, "upstream_error", "counted", attempts.count,
-                                                None, attempt=number, kind="retry", billed=False))
+                self.ledger.submit(
+                    build_record(
+                        ctx,
+                        scored,
+                        prompt,
+                        0,
+                        "upstream_error",
+                        "counted",
+                        attempts.count,
+                        None,
+                        attempt=number,
+                        kind="retry",
+                        billed=False,
+                    )
+                )
 
     def _hedge_overhead(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts) -> None:
         """A hedged attempt that lost still read the prompt: recorded as overhead, not billed."""
         for scored, number in attempts.hedged:
-            self.ledger.submit(build_record(ctx, scored, self.tokens.count_prompt(parsed.payload), 0, "cancelled",
-                                            "counted", attempts.count, None, attempt=number, kind="hedge",
-                                            billed=False))
+            self.ledger.submit(
+                build_record(
+                    ctx,
+                    scored,
+                    self.tokens.count_prompt(parsed.payload),
+                    0,
+                    "cancelled",
+                    "counted",
+                    attempts.count,
+                    None,
+                    attempt=number,
+                    kind="hedge",
+                    billed=False,
+                )
+            )
 
     def _usage_of(self, payload: dict[str, Any], data: dict[str, Any]) -> tuple[int, int, str]:
         """Tokens in and out: the backend's counts where it gives believable ones, else counted."""
@@ -289,8 +358,9 @@ def _check(endpoint: Endpoint, body: bytes) -> _Parsed:
     if endpoint == "chat/completions":
         messages = require(payload, "messages", list, "an array of messages")
         if not messages:
-            raise InvalidRequest("'messages' must contain at least one message.", param="messages",
-                                 code="invalid_value")
+            raise InvalidRequest(
+                "'messages' must contain at least one message.", param="messages", code="invalid_value"
+            )
         max_out = optional_int(payload, "max_completion_tokens") or optional_int(payload, "max_tokens")
     elif endpoint == "completions":
         require(payload, "prompt", (str, list), "a string or an array")
@@ -305,11 +375,15 @@ def _check(endpoint: Endpoint, body: bytes) -> _Parsed:
         raise InvalidRequest("Embeddings cannot be streamed.", param="stream", code="invalid_value")
     opts = payload.get("stream_options")
     if opts is not None and (not isinstance(opts, dict) or not stream):
-        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true and must be an object.",
-                             param="stream_options", code="invalid_value")
+        raise InvalidRequest(
+            "'stream_options' is only allowed when 'stream' is true and must be an object.",
+            param="stream_options",
+            code="invalid_value",
+        )
     client_usage = bool(stream and opts and opts.get("include_usage") is True)
-    shape = RequestShape(len(body) // 4, _DEFAULT_MAX_OUTPUT if max_out is None else max_out,
-                         request_needs(endpoint, payload))
+    shape = RequestShape(
+        len(body) // 4, _DEFAULT_MAX_OUTPUT if max_out is None else max_out, request_needs(endpoint, payload)
+    )
     return _Parsed(body, payload, model, bool(stream), client_usage, shape)
 
 
@@ -323,8 +397,12 @@ def _capped(parsed: _Parsed) -> _Parsed:
     """A request of a tenant with a hard budget and no max output gets the default one, so the
     backend stops where the budget reservation does."""
     payload = {**parsed.payload, "max_tokens": DEFAULT_MAX_OUTPUT}
-    return replace(parsed, body=dump_object(payload), payload=payload,
-                   shape=replace(parsed.shape, max_output_tokens=DEFAULT_MAX_OUTPUT))
+    return replace(
+        parsed,
+        body=dump_object(payload),
+        payload=payload,
+        shape=replace(parsed.shape, max_output_tokens=DEFAULT_MAX_OUTPUT),
+    )
 
 
 def _retarget(parsed: _Parsed, model: str) -> _Parsed:

@@ -67,8 +67,13 @@ class Raced(Generic[T]):
     cancelled: int | None  # the attempt cancelled after the other answered, if any
 
 
-async def race(first: Callable[[], Awaitable[T]], second: Callable[[], Awaitable[T]], delay: float,
-               may_hedge: Callable[[], bool], discard: Callable[[T], Awaitable[None]] | None) -> Raced[T]:
+async def race(
+    first: Callable[[], Awaitable[T]],
+    second: Callable[[], Awaitable[T]],
+    delay: float,
+    may_hedge: Callable[[], bool],
+    discard: Callable[[T], Awaitable[None]] | None,
+) -> Raced[T]:
     """Run ``first``; if it is still running after ``delay`` and ``may_hedge()``, run ``second``
     too. The first to succeed wins; the other is cancelled (or, had it succeeded as well, its
     result discarded). Fails with the last error when both fail, at once on a client error."""

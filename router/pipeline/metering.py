@@ -43,10 +43,12 @@ class RequestContext:
 def decision_json(plan: Plan) -> str:
     """Why the request went where it did: candidates in order with their scores, and the
     backends filtered out with the reason; kept on every ledger event of the request."""
-    return orjson.dumps({  # about 2 µs for four candidates: cheap enough for every request
-        "candidates": [{"backend": s.candidate.info.name, "score": s.score, "parts": s.parts} for s in plan.order],
-        "rejected": plan.rejected,
-    }).decode()
+    return orjson.dumps(
+        {  # about 2 µs for four candidates: cheap enough for every request
+            "candidates": [{"backend": s.candidate.info.name, "score": s.score, "parts": s.parts} for s in plan.order],
+            "rejected": plan.rejected,
+        }
+    ).decode()
 
 
 # Past any model's context window: a count above it is a backend's error, not a bill.
@@ -77,9 +79,20 @@ def _count(value: object) -> int | None:
     return value if type(value) is int and 0 <= value <= _MAX_TOKENS else None
 
 
-def build_record(ctx: RequestContext, scored: Scored, input_tokens: int, output_tokens: int,
-                 outcome: Outcome, tokens_source: str, attempts: int, ttft_s: float | None, *,
-                 attempt: int | None = None, kind: Kind = "request", billed: bool = True) -> UsageRecord:
+def build_record(
+    ctx: RequestContext,
+    scored: Scored,
+    input_tokens: int,
+    output_tokens: int,
+    outcome: Outcome,
+    tokens_source: str,
+    attempts: int,
+    ttft_s: float | None,
+    *,
+    attempt: int | None = None,
+    kind: Kind = "request",
+    billed: bool = True,
+) -> UsageRecord:
     """The event of one attempt. The billed one (``kind="request"``) is the attempt that answered
     the client, by default the last of ``attempts``; a failed retried or losing hedged attempt
     that consumed tokens is recorded with ``kind="retry"``/``"hedge"`` and ``billed=False``."""

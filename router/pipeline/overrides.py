@@ -21,8 +21,9 @@ from router.errors import InvalidRequest, PermissionDenied
 
 FIELDS = ("provider", "models")
 SORTS = ("price", "latency", "throughput")
-_KNOWN = frozenset({"order", "only", "ignore", "allow_fallbacks", "sort", "max_price", "data_collection",
-                    "require_parameters"})
+_KNOWN = frozenset(
+    {"order", "only", "ignore", "allow_fallbacks", "sort", "max_price", "data_collection", "require_parameters"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +49,9 @@ def parse(payload: Mapping[str, Any]) -> Override | None:
         raise _bad("provider", "an object")
     unknown = sorted(set(provider) - _KNOWN)
     if unknown:
-        raise InvalidRequest(f"Unknown routing field 'provider.{unknown[0]}'.", param=f"provider.{unknown[0]}",
-                             code="invalid_value")
+        raise InvalidRequest(
+            f"Unknown routing field 'provider.{unknown[0]}'.", param=f"provider.{unknown[0]}", code="invalid_value"
+        )
     sort = provider.get("sort")
     if sort is not None and sort not in SORTS:
         raise _bad("provider.sort", "one of " + ", ".join(repr(s) for s in SORTS))
@@ -62,9 +64,13 @@ def parse(payload: Mapping[str, Any]) -> Override | None:
     only = _names(provider, "only")
     models = _names(payload, "models", "models")
     return Override(
-        order=tuple(_names(provider, "order") or ()), only=None if only is None else frozenset(only),
-        ignore=frozenset(_names(provider, "ignore") or ()), allow_fallbacks=allow, sort=sort,
-        max_price=_max_price(provider.get("max_price")), data_collection=collection,
+        order=tuple(_names(provider, "order") or ()),
+        only=None if only is None else frozenset(only),
+        ignore=frozenset(_names(provider, "ignore") or ()),
+        allow_fallbacks=allow,
+        sort=sort,
+        max_price=_max_price(provider.get("max_price")),
+        data_collection=collection,
         models=None if models is None else tuple(models),
     )
 
@@ -86,8 +92,11 @@ def _max_price(value: Any) -> MaxPrice | None:
     limits: dict[str, float] = {}
     for key, raw in value.items():
         if key not in ("prompt", "completion", "request"):
-            raise InvalidRequest(f"Unsupported field 'provider.max_price.{key}'.",
-                                 param=f"provider.max_price.{key}", code="invalid_value")
+            raise InvalidRequest(
+                f"Unsupported field 'provider.max_price.{key}'.",
+                param=f"provider.max_price.{key}",
+                code="invalid_value",
+            )
         limit = _number(raw) if isinstance(raw, int | float | str) and not isinstance(raw, bool) else None
         if limit is None or limit < 0:
             raise _bad(f"provider.max_price.{key}", "a non-negative number")
@@ -125,13 +134,22 @@ def narrow(cons: Constraints, override: Override, backends: Mapping[str, Backend
         only = frozenset(override.order) if only is None else only & frozenset(override.order)
     if cons.only is not None and only is not None:
         only = only & cons.only
-    return replace(cons, classes=classes, only=only if only is not None else cons.only,
-                   ignore=cons.ignore | override.ignore, max_price=_lower(cons.max_price, override.max_price))
+    return replace(
+        cons,
+        classes=classes,
+        only=only if only is not None else cons.only,
+        ignore=cons.ignore | override.ignore,
+        max_price=_lower(cons.max_price, override.max_price),
+    )
 
 
 def _usable(info: BackendInfo, cons: Constraints) -> bool:
-    return (info.backend_class in cons.classes and (cons.zones is None or info.zone in cons.zones)
-            and (cons.only is None or info.name in cons.only) and info.name not in cons.ignore)
+    return (
+        info.backend_class in cons.classes
+        and (cons.zones is None or info.zone in cons.zones)
+        and (cons.only is None or info.name in cons.only)
+        and info.name not in cons.ignore
+    )
 
 
 def _lower(tenant: MaxPrice | None, asked: MaxPrice | None) -> MaxPrice | None:
@@ -150,8 +168,9 @@ def _lower(tenant: MaxPrice | None, asked: MaxPrice | None) -> MaxPrice | None:
 
 
 def _widen(param: str, why: str) -> PermissionDenied:
-    return PermissionDenied(f"'{param}' would widen this key's routing policy: {why}.", param=param,
-                            code="policy_violation")
+    return PermissionDenied(
+        f"'{param}' would widen this key's routing policy: {why}.", param=param, code="policy_violation"
+    )
 
 
 def strip(payload: dict[str, Any]) -> dict[str, Any]:

@@ -43,10 +43,18 @@ class Plan(NamedTuple):  # a tuple: built on every request, and cheaper to build
 
 
 class Planner:
-    def __init__(self, backends: Iterable[BackendInfo], stats: StatsBook, exploration: float,
-                 rng: random.Random | None = None, config: FederationConfig | None = None, *,
-                 consider: int = selection.CONSIDER, refresh_s: float = selection.REFRESH_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        backends: Iterable[BackendInfo],
+        stats: StatsBook,
+        exploration: float,
+        rng: random.Random | None = None,
+        config: FederationConfig | None = None,
+        *,
+        consider: int = selection.CONSIDER,
+        refresh_s: float = selection.REFRESH_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._infos = {i.name: i for i in backends}
         self._config = config
         self._cfgs: dict[str, BackendConfig] = {b.name: b for b in config.backends} if config else {}
@@ -84,12 +92,16 @@ class Planner:
         price = info.prices.get(model)
         declared = cfg.energy.joules_per_token if cfg and cfg.energy else info.joules_per_token
         hardware = cfg.hardware if cfg else None
-        energy = static_estimate(info.backend_class, declared, info.models[model], hardware is not None,
-                                 self._ecologits)
+        energy = static_estimate(
+            info.backend_class, declared, info.models[model], hardware is not None, self._ecologits
+        )
         return Profile(
-            info=info, model=model,
-            price_input=price[0] if price else None, price_output=price[1] if price else None,
-            energy=energy, carbon_intensity=self._intensity(info, cfg),
+            info=info,
+            model=model,
+            price_input=price[0] if price else None,
+            price_output=price[1] if price else None,
+            energy=energy,
+            carbon_intensity=self._intensity(info, cfg),
             trust=cfg.trust if cfg and cfg.trust is not None else CLASS_TRUST[info.backend_class],
             context_length=cfg.context_length if cfg else None,
             capabilities=frozenset(cfg.capabilities) if cfg and cfg.capabilities is not None else None,
@@ -155,29 +167,45 @@ class Planner:
         assert first is not None
         raise first
 
-    def _plan_model(self, model: str, tenant: Tenant, cons: Constraints, shape: RequestShape,
-                    override: Override | None, memo: dict[str, Reach] | None) -> Plan:
+    def _plan_model(
+        self,
+        model: str,
+        tenant: Tenant,
+        cons: Constraints,
+        shape: RequestShape,
+        override: Override | None,
+        memo: dict[str, Reach] | None,
+    ) -> Plan:
         r = memo.get(model) if memo is not None else None
         if r is None:
             r = self._reach(model, cons, full=False)
             if memo is not None:
                 memo[model] = r
         if not r.size:
-            raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
-                                param="model")
+            raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
         ranking = None
         if r.size <= self._consider or r.adhoc or (override is not None and override.sort is not None):
             got = self._admit_all(r, cons, shape)
         else:
-            ranking = r.group.ranking(tenant.policy.weights.mix, shape, self._clock, self._refresh_s,
-                                      self._stats.view_key, self.energy.estimate)
+            ranking = r.group.ranking(
+                tenant.policy.weights.mix,
+                shape,
+                self._clock,
+                self._refresh_s,
+                self._stats.view_key,
+                self.energy.estimate,
+            )
             got = self._admit_best(r, ranking, cons, shape, override)
         if not got.candidates:
             _refuse(model, got.busy)
         wishes = override is not None and (override.sort or override.order or not override.allow_fallbacks)
         draw = None if wishes else self._rng.random()
-        if ranking is not None and draw is not None and draw < self._exploration and all(
-                c.measured for c in got.candidates):
+        if (
+            ranking is not None
+            and draw is not None
+            and draw < self._exploration
+            and all(c.measured for c in got.candidates)
+        ):
             got = _merge(got, self._explore(r, ranking, cons, shape, got))
         # In a large group ties fall by the ranking, else by the order of the config.
         scored = self._order(pickers.score(got.candidates, shape, tenant.policy.weights), shape, override, draw)
@@ -189,11 +217,13 @@ class Planner:
         return Plan(scored, rejected, model)
 
     def _admit_all(self, r: Reach, cons: Constraints, shape: RequestShape) -> Admitted:
-        return selection.admit(r.group, range(len(r.group.profiles)), cons, shape, self._stats.view_key,
-                               self.energy.estimate, skip=r.skip)
+        return selection.admit(
+            r.group, range(len(r.group.profiles)), cons, shape, self._stats.view_key, self.energy.estimate, skip=r.skip
+        )
 
-    def _admit_best(self, r: Reach, ranking: Ranking, cons: Constraints, shape: RequestShape,
-                    override: Override | None) -> Admitted:
+    def _admit_best(
+        self, r: Reach, ranking: Ranking, cons: Constraints, shape: RequestShape, override: Override | None
+    ) -> Admitted:
         """The first K admissible of the group's ranking, and any backend the request names first."""
         view, estimate, group = self._stats.view_key, self.energy.estimate, r.group
         got = selection.admit(group, ranking.order, cons, shape, view, estimate, skip=r.skip, want=self._consider)
@@ -203,15 +233,15 @@ class Planner:
             got = _merge(got, selection.admit(group, named, cons, shape, view, estimate, skip=r.skip))
         return got
 
-    def _explore(self, r: Reach, ranking: Ranking, cons: Constraints, shape: RequestShape,
-                 got: Admitted) -> Admitted:
+    def _explore(self, r: Reach, ranking: Ranking, cons: Constraints, shape: RequestShape, got: Admitted) -> Admitted:
         """The best unmeasured backend, when none of those considered is unmeasured."""
         view, estimate, group = self._stats.view_key, self.energy.estimate, r.group
         taken = set(got.positions) | {group.index.get(n, -1) for n in got.busy}
         return selection.explore(group, ranking, taken, cons, shape, view, estimate, self._consider, r.skip)
 
-    def _order(self, scored: list[Scored], shape: RequestShape, override: Override | None,
-               draw: float | None) -> list[Scored]:
+    def _order(
+        self, scored: list[Scored], shape: RequestShape, override: Override | None, draw: float | None
+    ) -> list[Scored]:
         if draw is not None:
             return pickers.order(scored, self._exploration, draw)
         assert override is not None
@@ -229,7 +259,8 @@ class Planner:
             if len(self._policies) >= _MAX_CACHED:
                 self._policies.clear()
             entry = self._policies[id(tenant.policy)] = _Policy(
-                tenant.policy, tenant.allow_volunteer, filters.constraints(tenant.policy, tenant.allow_volunteer))
+                tenant.policy, tenant.allow_volunteer, filters.constraints(tenant.policy, tenant.allow_volunteer)
+            )
         return entry
 
     def _reach(self, model: str, cons: Constraints, full: bool) -> Reach:
@@ -256,8 +287,9 @@ class Planner:
 
     # ---- explanation ------------------------------------------------------------------------
 
-    def explain(self, model: str, tenant: Tenant, shape: RequestShape,
-                override: Override | None = None) -> dict[str, Any]:
+    def explain(
+        self, model: str, tenant: Tenant, shape: RequestShape, override: Override | None = None
+    ) -> dict[str, Any]:
         """A dry run: per model of the chain, the ranking with score parts and energy, and every
         backend filtered out with its reason. Calls no backend and changes no state. Complete,
         so linear in the backends serving the model, where a request considers at most K."""
@@ -270,11 +302,13 @@ class Planner:
             if override is not None:
                 wishes = override.sort or override.order or not override.allow_fallbacks
                 scored = self._order(scored, shape, override, None if wishes else self._rng.random())
-            models.append({
-                "model": m,
-                "candidates": [_describe(s, shape) for s in scored],
-                "filtered": [{"backend": n, "reason": why} for n, why in {**r.rejected, **got.busy}.items()],
-            })
+            models.append(
+                {
+                    "model": m,
+                    "candidates": [_describe(s, shape) for s in scored],
+                    "filtered": [{"backend": n, "reason": why} for n, why in {**r.rejected, **got.busy}.items()],
+                }
+            )
         return {"tenant": tenant.name, "weights": tenant.policy.weights.model_dump(), "models": models}
 
 
@@ -299,8 +333,9 @@ def _refuse(model: str, busy: Mapping[str, str]) -> NoReturn:
 
 
 def _merge(a: Admitted, b: Admitted) -> Admitted:
-    return Admitted(a.positions + b.positions, a.candidates + b.candidates, {**a.busy, **b.busy},
-                    a.examined + b.examined)
+    return Admitted(
+        a.positions + b.positions, a.candidates + b.candidates, {**a.busy, **b.busy}, a.examined + b.examined
+    )
 
 
 def request_needs(endpoint: str, payload: Mapping[str, Any]) -> frozenset[str]:
@@ -315,8 +350,9 @@ def request_needs(endpoint: str, payload: Mapping[str, Any]) -> frozenset[str]:
         needs.add("json_mode")
     for message in payload.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(isinstance(part, dict) and part.get("type") == "image_url"
-                                             for part in content):
+        if isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("type") == "image_url" for part in content
+        ):
             needs.add("vision")
             break
     return frozenset(needs)
@@ -326,16 +362,25 @@ def _describe(s: Scored, shape: RequestShape) -> dict[str, Any]:
     c = s.candidate
     carbon = filters.request_carbon_g(c, shape)
     return {
-        "backend": c.info.name, "class": c.info.backend_class, "zone": c.info.zone,
-        "score": round(s.score, 4), "parts": {k: round(v, 4) for k, v in s.parts.items()},
+        "backend": c.info.name,
+        "class": c.info.backend_class,
+        "zone": c.info.zone,
+        "score": round(s.score, 4),
+        "parts": {k: round(v, 4) for k, v in s.parts.items()},
         "estimate": {
             "cost_usd": filters.request_cost(c, shape),
             "energy_j": c.energy.joules(shape.input_tokens, shape.max_output_tokens),
-            "energy_source": c.energy.source, "carbon_g": carbon,
-            "carbon_intensity_g_per_kwh": c.profile.carbon_intensity, "trust": round(c.trust, 4),
+            "energy_source": c.energy.source,
+            "carbon_g": carbon,
+            "carbon_intensity_g_per_kwh": c.profile.carbon_intensity,
+            "trust": round(c.trust, 4),
         },
-        "stats": {"ttft_s": c.stats.ttft_s, "tokens_per_s": c.stats.tokens_per_s,
-                  "inflight": c.stats.inflight, "error_rate": c.stats.error_rate},
+        "stats": {
+            "ttft_s": c.stats.ttft_s,
+            "tokens_per_s": c.stats.tokens_per_s,
+            "inflight": c.stats.inflight,
+            "error_rate": c.stats.error_rate,
+        },
     }
 
 

@@ -42,14 +42,40 @@ def frame(payload: bytes) -> bytes:
 class StreamRelay:
     """Made while the backend computes its first token, begun (``begin``) once it has come."""
 
-    __slots__ = ("_attempts", "_client_usage", "_ctx", "_finished", "_first", "_last", "_ledger", "_metrics",
-                 "_opened", "_prompt_tokens", "_release", "_settle", "_started", "_stats", "_text", "_tokens",
-                 "_usage")
+    __slots__ = (
+        "_attempts",
+        "_client_usage",
+        "_ctx",
+        "_finished",
+        "_first",
+        "_last",
+        "_ledger",
+        "_metrics",
+        "_opened",
+        "_prompt_tokens",
+        "_release",
+        "_settle",
+        "_started",
+        "_stats",
+        "_text",
+        "_tokens",
+        "_usage",
+    )
 
-    def __init__(self, ctx: RequestContext, attempts: Attempts, *, client_usage: bool,
-                 prompt_tokens: Callable[[], int], ledger: Ledger, stats: StatsBook, metrics: Metrics,
-                 tokens: TokenCounter, release: Callable[[str], None],
-                 settle: Callable[[UsageRecord | None], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: RequestContext,
+        attempts: Attempts,
+        *,
+        client_usage: bool,
+        prompt_tokens: Callable[[], int],
+        ledger: Ledger,
+        stats: StatsBook,
+        metrics: Metrics,
+        tokens: TokenCounter,
+        release: Callable[[str], None],
+        settle: Callable[[UsageRecord | None], Awaitable[None]] | None = None,
+    ) -> None:
         self._ctx = ctx
         self._opened: Opened | None = None
         self._attempts = attempts
@@ -111,8 +137,11 @@ class StreamRelay:
             outcome = "upstream_error"
             await self._stats.failure(name, self._ctx.model)
             self._metrics.attempt(name, exc.kind)
-            yield frame(error_body(f"The backend failed mid-stream: {exc.message}", "server_error",
-                                   None, "upstream_stream_error"))
+            yield frame(
+                error_body(
+                    f"The backend failed mid-stream: {exc.message}", "server_error", None, "upstream_stream_error"
+                )
+            )
         except asyncio.CancelledError:
             outcome = "client_disconnected"
             raise
@@ -193,39 +222,61 @@ class StreamRelay:
                     self._text.extend(s for s in (fn.get("name"), fn.get("arguments")) if isinstance(s, str))
 
     def _record(self, outcome: Outcome) -> UsageRecord:
-        tokens_in, tokens_out, source = billed_tokens(self._usage, self._prompt_tokens,
-                                                      lambda: self._tokens.count("".join(self._text)))
+        tokens_in, tokens_out, source = billed_tokens(
+            self._usage, self._prompt_tokens, lambda: self._tokens.count("".join(self._text))
+        )
         ttft = self.opened.opened_at - self._ctx.started
-        return build_record(self._ctx, self.opened.scored, tokens_in, tokens_out, outcome, source,
-                            self._attempts.count, ttft, attempt=self._attempts.answered or None)
+        return build_record(
+            self._ctx,
+            self.opened.scored,
+            tokens_in,
+            tokens_out,
+            outcome,
+            source,
+            self._attempts.count,
+            ttft,
+            attempt=self._attempts.answered or None,
+        )
 
     def _usage_chunk(self, rec: UsageRecord) -> bytes:
         last = self._last or {}
         usage = dict(self._usage) if self._usage and rec.tokens_source == "upstream" else {}
-        usage.update(prompt_tokens=rec.input_tokens, completion_tokens=rec.output_tokens,
-                     total_tokens=rec.input_tokens + rec.output_tokens)
-        return orjson.dumps({
-            "id": last.get("id", "chatcmpl-" + self._ctx.request_id),
-            "object": last.get("object", "chat.completion.chunk"),
-            "created": last.get("created", int(self._ctx.received_ts)),
-            "model": last.get("model", self._ctx.model),
-            "choices": [],
-            "usage": usage,
-        })
+        usage.update(
+            prompt_tokens=rec.input_tokens,
+            completion_tokens=rec.output_tokens,
+            total_tokens=rec.input_tokens + rec.output_tokens,
+        )
+        return orjson.dumps(
+            {
+                "id": last.get("id", "chatcmpl-" + self._ctx.request_id),
+                "object": last.get("object", "chat.completion.chunk"),
+                "created": last.get("created", int(self._ctx.received_ts)),
+                "model": last.get("model", self._ctx.model),
+                "choices": [],
+                "usage": usage,
+            }
+        )
 
 
 def stream_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     """An event stream's response headers, ``headers`` included."""
-    return [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-            *((k.encode(), v.encode()) for k, v in headers.items())]
+    return [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        *((k.encode(), v.encode()) for k, v in headers.items()),
+    ]
 
 
 class EventStreamResponse(Response):
     """An SSE response that notices a client leaving even while the upstream is silent, and
     then cancels the relay (and with it the upstream call)."""
 
-    def __init__(self, events: AsyncIterator[bytes], raw_headers: list[tuple[bytes, bytes]],
-                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        raw_headers: list[tuple[bytes, bytes]],
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """``raw_headers`` from ``stream_headers``."""
         # Response.__init__ is skipped on purpose: it would render a body this response streams.
         self.status_code = 200

@@ -15,8 +15,13 @@ from tiktoken.load import load_tiktoken_bpe
 
 # The file name is tiktoken's cache key (sha1 of its download URL) for cl100k_base.
 _CL100K_FILE = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
-_SPECIAL = {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
-            "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276}
+_SPECIAL = {
+    "<|endoftext|>": 100257,
+    "<|fim_prefix|>": 100258,
+    "<|fim_middle|>": 100259,
+    "<|fim_suffix|>": 100260,
+    "<|endofprompt|>": 100276,
+}
 _PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
 _PER_MESSAGE = 3  # OpenAI's chat format adds about three tokens of framing per message
 
@@ -36,8 +41,7 @@ class TokenCounter:
     def _encoding(self) -> tiktoken.Encoding:
         if self._enc is None:
             ranks = load_tiktoken_bpe(str(_bundled_bpe()))
-            self._enc = tiktoken.Encoding("cl100k_base", pat_str=_PAT, mergeable_ranks=ranks,
-                                          special_tokens=_SPECIAL)
+            self._enc = tiktoken.Encoding("cl100k_base", pat_str=_PAT, mergeable_ranks=ranks, special_tokens=_SPECIAL)
         return self._enc
 
     def warm(self) -> None:

@@ -213,8 +213,15 @@ def _unit_vector(key: bytes, dims: int) -> array[float]:
 
 
 def _fresh_stats() -> dict[str, Any]:
-    return {"requests": 0, "completed": 0, "cancelled_streams": 0, "failed": 0, "dropped": 0, "stalled": 0,
-            "by_path": {}}
+    return {
+        "requests": 0,
+        "completed": 0,
+        "cancelled_streams": 0,
+        "failed": 0,
+        "dropped": 0,
+        "stalled": 0,
+        "by_path": {},
+    }
 
 
 class SimBackend:

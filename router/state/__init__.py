@@ -5,8 +5,7 @@ from __future__ import annotations
 from router.state.base import Batch, Ejection, Snapshot, Store, StoreUnavailable
 from router.state.memory import MemorySpace, MemoryStore
 
-__all__ = ["Batch", "Ejection", "MemorySpace", "MemoryStore", "Snapshot", "Store", "StoreUnavailable",
-           "open_store"]
+__all__ = ["Batch", "Ejection", "MemorySpace", "MemoryStore", "Snapshot", "Store", "StoreUnavailable", "open_store"]
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 

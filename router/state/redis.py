@@ -122,7 +122,7 @@ class RedisStore:
             if rows:
                 out.samples[key] = rows
         mine = self.replica.encode() + b"|"
-        for bucket, fields in zip(buckets, replies[len(keys):], strict=False):
+        for bucket, fields in zip(buckets, replies[len(keys) :], strict=False):
             for f, n in fields.items():
                 if not f.startswith(mine):
                     name = f.partition(b"|")[2].decode()
@@ -145,8 +145,11 @@ class RedisStore:
             values = await self._redis.mget([self._p + "e:" + k for k in keys])
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from None
-        return {k: _ejection(v if isinstance(v, bytes) else v.encode())
-                for k, v in zip(keys, values, strict=True) if v is not None}
+        return {
+            k: _ejection(v if isinstance(v, bytes) else v.encode())
+            for k, v in zip(keys, values, strict=True)
+            if v is not None
+        }
 
     async def eject(self, key: str, ejection: Ejection, ttl_s: float) -> None:
         value = f"{ejection.until:.3f} {ejection.count}"

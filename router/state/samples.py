@@ -110,8 +110,14 @@ class Window:
             self._ids.discard(old.id)
             if old.ts >= self._since and not self._dirty:  # the EWMAs have long forgotten it
                 s = self._summary  # built directly: dataclasses.replace costs more than the rest of add
-                self._summary = Summary(s.ttft_s, s.tokens_per_s, s.requests - 1, s.failures - (not old.ok),
-                                        min(s.trailing_failures, s.requests - 1), s.last_success)
+                self._summary = Summary(
+                    s.ttft_s,
+                    s.tokens_per_s,
+                    s.requests - 1,
+                    s.failures - (not old.ok),
+                    min(s.trailing_failures, s.requests - 1),
+                    s.last_success,
+                )
         return True
 
     def prune(self, now: float) -> None:
@@ -154,8 +160,9 @@ def _fold(s: Summary, sample: Sample, since: float) -> Summary:
             tps = sample.tokens_per_s if tps is None else tps + ALPHA * (sample.tokens_per_s - tps)
     if sample.ts < since:
         return Summary(ttft, tps, s.requests, s.failures, s.trailing_failures, last)
-    return Summary(ttft, tps, s.requests + 1, s.failures + (not sample.ok),
-                   0 if sample.ok else s.trailing_failures + 1, last)
+    return Summary(
+        ttft, tps, s.requests + 1, s.failures + (not sample.ok), 0 if sample.ok else s.trailing_failures + 1, last
+    )
 
 
 def _rank(values: list[float], q: float) -> float | None:

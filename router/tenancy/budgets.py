@@ -115,9 +115,17 @@ def lines(budgets: list[Budget], now: float) -> list[Line]:
         start, end = period_start(b.period, now), period_end(b.period, now)
         label = "total" if start is None else start.date().isoformat()[: 7 if b.period == "monthly" else 10]
         ttl = None if end is None else int(end.timestamp() - now) + 2 * 86400
-        out.append(Line(b.metric, b.period, f"{b.metric}:{b.period}:{label}", None if start is None else start.date(),
-                        ttl, None if b.hard is None else math.floor(b.hard * NANO + 1e-6),
-                        None if b.soft is None else math.floor(b.soft * NANO + 1e-6)))
+        out.append(
+            Line(
+                b.metric,
+                b.period,
+                f"{b.metric}:{b.period}:{label}",
+                None if start is None else start.date(),
+                ttl,
+                None if b.hard is None else math.floor(b.hard * NANO + 1e-6),
+                None if b.soft is None else math.floor(b.soft * NANO + 1e-6),
+            )
+        )
     return out
 
 
@@ -162,21 +170,29 @@ def refusal(tenant: str, line: Line, spend: int, held: int, amount: int) -> Budg
     return BudgetExceeded(
         f"Budget exceeded: tenant {tenant!r} has a {line.period} {line.metric} budget of "
         f"{_fmt(line.hard or 0)} {unit} (hard limit); {_fmt(spend)} {unit} spent and {_fmt(held)} {unit} held by "
-        f"requests in flight, and this request may cost up to {_fmt(amount)} {unit}.")
+        f"requests in flight, and this request may cost up to {_fmt(amount)} {unit}."
+    )
 
 
 def warning(line: Line, spend: int, held: int) -> str:
-    return (f"{line.period} {line.metric} budget: {_fmt(spend + held)} of {_fmt(line.hard or line.soft or 0)} "
-            f"{UNITS[line.metric]} spent or held, past the soft limit of {_fmt(line.soft or 0)}")
+    return (
+        f"{line.period} {line.metric} budget: {_fmt(spend + held)} of {_fmt(line.hard or line.soft or 0)} "
+        f"{UNITS[line.metric]} spent or held, past the soft limit of {_fmt(line.soft or 0)}"
+    )
 
 
 def report(line: Line, spend: int, held: int) -> dict[str, Any]:
     """A budget's state for the admin API, in the budget's own units."""
-    return {"metric": line.metric, "period": line.period, "since": line.since and line.since.isoformat(),
-            "hard": None if line.hard is None else line.hard / NANO,
-            "soft": None if line.soft is None else line.soft / NANO,
-            "spent": spend / NANO, "reserved": held / NANO,
-            "remaining": None if line.hard is None else max(0, line.hard - spend - held) / NANO}
+    return {
+        "metric": line.metric,
+        "period": line.period,
+        "since": line.since and line.since.isoformat(),
+        "hard": None if line.hard is None else line.hard / NANO,
+        "soft": None if line.soft is None else line.soft / NANO,
+        "spent": spend / NANO,
+        "reserved": held / NANO,
+        "remaining": None if line.hard is None else max(0, line.hard - spend - held) / NANO,
+    }
 
 
 class MemoryBudgets:
@@ -234,5 +250,19 @@ class MemoryBudgets:
         return self._spend[(tenant, line.key)], self._held.get(tenant, [0, 0, 0])[line.index]
 
 
-__all__ = ["METRICS", "ZERO", "Amounts", "BudgetExceeded", "Line", "LineCache", "MemoryBudgets", "ledger_spend",
-           "lines", "of_record", "period_end", "period_start", "report", "worst_case"]
+__all__ = [
+    "METRICS",
+    "ZERO",
+    "Amounts",
+    "BudgetExceeded",
+    "Line",
+    "LineCache",
+    "MemoryBudgets",
+    "ledger_spend",
+    "lines",
+    "of_record",
+    "period_end",
+    "period_start",
+    "report",
+    "worst_case",
+]

@@ -65,10 +65,18 @@ class KeyRecord:
 
     def public(self, now: float) -> dict[str, Any]:
         """What the admin API shows: never the secret, nor its hash."""
-        return {"object": "api_key", "id": self.key_id, "tenant": self.tenant, "name": self.name,
-                "created_at": self.created, "expires_at": self.expires_at, "revoked_at": self.revoked_at,
-                "status": self.status(now), "models": None if self.models is None else sorted(self.models),
-                "limits": None if self.limits is None else self.limits.model_dump(exclude_none=True)}
+        return {
+            "object": "api_key",
+            "id": self.key_id,
+            "tenant": self.tenant,
+            "name": self.name,
+            "created_at": self.created,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "status": self.status(now),
+            "models": None if self.models is None else sorted(self.models),
+            "limits": None if self.limits is None else self.limits.model_dump(exclude_none=True),
+        }
 
 
 def digest(key: str) -> str:
@@ -77,9 +85,16 @@ def digest(key: str) -> str:
 
 def _record(row: tuple[Any, ...]) -> KeyRecord:
     key_id, tenant, name, created, expires_at, revoked, models, limits = row
-    return KeyRecord(key_id, tenant, name, created, expires_at, revoked,
-                     None if models is None else frozenset(orjson.loads(models)),
-                     None if limits is None else RateLimits.model_validate_json(limits))
+    return KeyRecord(
+        key_id,
+        tenant,
+        name,
+        created,
+        expires_at,
+        revoked,
+        None if models is None else frozenset(orjson.loads(models)),
+        None if limits is None else RateLimits.model_validate_json(limits),
+    )
 
 
 class KeyStore:
@@ -103,21 +118,45 @@ class KeyStore:
 
     # -- keys --------------------------------------------------------------------------------
 
-    def create(self, tenant: str, *, name: str | None = None, expires_at: float | None = None,
-               models: Iterable[str] | None = None, limits: RateLimits | None = None) -> tuple[str, KeyRecord]:
+    def create(
+        self,
+        tenant: str,
+        *,
+        name: str | None = None,
+        expires_at: float | None = None,
+        models: Iterable[str] | None = None,
+        limits: RateLimits | None = None,
+    ) -> tuple[str, KeyRecord]:
         """A new key for the tenant: the secret (to show once) and its record."""
         key = _PREFIX + secrets.token_urlsafe(32)
-        record = KeyRecord("key_" + secrets.token_hex(6), tenant, name, time.time(), expires_at, None,
-                           None if models is None else frozenset(models), limits)
+        record = KeyRecord(
+            "key_" + secrets.token_hex(6),
+            tenant,
+            name,
+            time.time(),
+            expires_at,
+            None,
+            None if models is None else frozenset(models),
+            limits,
+        )
         self._insert(digest(key), record)
         return key, record
 
     def _insert(self, key_hash: str, r: KeyRecord) -> None:
         self._conn.execute(
             f"INSERT INTO api_keys (key_hash, {_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key_hash, r.key_id, r.tenant, r.name, r.created, r.expires_at, r.revoked_at,
-             None if r.models is None else orjson.dumps(sorted(r.models)).decode(),
-             None if r.limits is None else r.limits.model_dump_json(exclude_none=True)))
+            (
+                key_hash,
+                r.key_id,
+                r.tenant,
+                r.name,
+                r.created,
+                r.expires_at,
+                r.revoked_at,
+                None if r.models is None else orjson.dumps(sorted(r.models)).decode(),
+                None if r.limits is None else r.limits.model_dump_json(exclude_none=True),
+            ),
+        )
         self._cache.pop(key_hash, None)  # a cached "no such key" must not outlive its creation
 
     def get(self, key_id: str) -> KeyRecord | None:
@@ -135,7 +174,8 @@ class KeyStore:
         when = now if at is None else at
         cur = self._conn.execute(
             "UPDATE api_keys SET revoked = ? WHERE key_id = ? AND (revoked IS NULL OR revoked > ?)",
-            (when, key_id, max(now, when)))
+            (when, key_id, max(now, when)),
+        )
         if cur.rowcount != 1:
             return None
         self._forget(key_id)
@@ -149,8 +189,9 @@ class KeyStore:
         if old is None or old.status(now) == "revoked":
             return None
         key = _PREFIX + secrets.token_urlsafe(32)
-        new = KeyRecord("key_" + secrets.token_hex(6), old.tenant, old.name, now, old.expires_at, None, old.models,
-                        old.limits)
+        new = KeyRecord(
+            "key_" + secrets.token_hex(6), old.tenant, old.name, now, old.expires_at, None, old.models, old.limits
+        )
         self._conn.execute("BEGIN")
         try:
             self._insert(digest(key), new)
@@ -168,8 +209,7 @@ class KeyStore:
             self._cache.pop(row[0], None)
 
     def _find(self, key_hash: str) -> KeyRecord | None:
-        row = self._conn.execute(f"SELECT key_hash, {_FIELDS} FROM api_keys WHERE key_hash = ?",
-                                 (key_hash,)).fetchone()
+        row = self._conn.execute(f"SELECT key_hash, {_FIELDS} FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
         if row is None or not hmac.compare_digest(row[0], key_hash):
             return None
         return _record(row[1:])
@@ -200,13 +240,16 @@ class KeyStore:
         self._conn.execute(
             "INSERT INTO tenants (name, spec, source, updated) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, source = excluded.source, "
-            "updated = excluded.updated", (name, spec, source, time.time()))
+            "updated = excluded.updated",
+            (name, spec, source, time.time()),
+        )
 
     def add_tenant(self, name: str, spec: str) -> bool:
         """Store a tenant created through the API; False if the name is taken."""
         try:
-            self._conn.execute("INSERT INTO tenants (name, spec, source, updated) VALUES (?, ?, 'api', ?)",
-                               (name, spec, time.time()))
+            self._conn.execute(
+                "INSERT INTO tenants (name, spec, source, updated) VALUES (?, ?, 'api', ?)", (name, spec, time.time())
+            )
         except sqlite3.IntegrityError:
             return False
         return True
@@ -217,8 +260,10 @@ class KeyStore:
         self._conn.execute("BEGIN")
         try:
             self._conn.execute("DELETE FROM tenants WHERE name = ? AND source = 'api'", (name,))
-            self._conn.execute("UPDATE api_keys SET revoked = ? WHERE tenant = ? AND (revoked IS NULL OR revoked > ?)",
-                               (now, name, now))
+            self._conn.execute(
+                "UPDATE api_keys SET revoked = ? WHERE tenant = ? AND (revoked IS NULL OR revoked > ?)",
+                (now, name, now),
+            )
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
@@ -231,8 +276,11 @@ class KeyStore:
         try:
             for name, spec in declared.items():
                 self.put_tenant(name, spec, "config")
-            gone = [n for (n,) in self._conn.execute("SELECT name FROM tenants WHERE source = 'config'")
-                    if n not in declared]
+            gone = [
+                n
+                for (n,) in self._conn.execute("SELECT name FROM tenants WHERE source = 'config'")
+                if n not in declared
+            ]
             self._conn.executemany("DELETE FROM tenants WHERE name = ?", [(n,) for n in gone])
             self._conn.execute("COMMIT")
         except BaseException:

@@ -68,8 +68,9 @@ def adjust(tat: float, now: float, delta: int, limit: int, window: float = WINDO
     return max(now, tat + delta * window / limit) if tat > now else tat
 
 
-def buckets(tenant: str, key_id: str, tenant_limits: RateLimits, key_limits: RateLimits | None,
-            tokens: int) -> list[Bucket]:
+def buckets(
+    tenant: str, key_id: str, tenant_limits: RateLimits, key_limits: RateLimits | None, tokens: int
+) -> list[Bucket]:
     out: list[Bucket] = []
     for scope, limits in ((f"t:{tenant}", tenant_limits), (f"k:{key_id}", key_limits)):
         if limits is None:
@@ -81,8 +82,9 @@ def buckets(tenant: str, key_id: str, tenant_limits: RateLimits, key_limits: Rat
     return out
 
 
-def stream_slots(tenant: str, key_id: str, tenant_limits: RateLimits,
-                 key_limits: RateLimits | None) -> list[tuple[str, int]]:
+def stream_slots(
+    tenant: str, key_id: str, tenant_limits: RateLimits, key_limits: RateLimits | None
+) -> list[tuple[str, int]]:
     """The concurrency counters a stream holds while it runs: (counter, limit)."""
     out = []
     if tenant_limits.concurrent_streams:
@@ -99,7 +101,8 @@ def too_large(bucket: Bucket) -> RateLimited | None:
     err = RateLimited(
         f"Request too large: {bucket.cost} tokens requested (prompt estimate + max output tokens), "
         f"above the limit of {bucket.limit} tokens per minute. Reduce the prompt or max_tokens.",
-        code="rate_limit_exceeded")
+        code="rate_limit_exceeded",
+    )
     err.type, err.should_retry = "tokens", False
     return err
 
@@ -113,17 +116,23 @@ def first_refusal(checked: list[tuple[Bucket, Verdict]]) -> RateLimited:
     err = RateLimited(
         f"Rate limit reached for this {scope} on {unit}: Limit {bucket.limit}, "
         f"Remaining {verdict.remaining}, Requested {bucket.cost}. Please try again in {duration(retry)}.",
-        headers={"retry-after": str(max(1, math.ceil(retry))), "retry-after-ms": str(max(1, math.ceil(retry * 1000))),
-                 **headers(checked)})
+        headers={
+            "retry-after": str(max(1, math.ceil(retry))),
+            "retry-after-ms": str(max(1, math.ceil(retry * 1000))),
+            **headers(checked),
+        },
+    )
     err.type = bucket.kind
     return err
 
 
 def concurrency_refused(counter: str, limit: int) -> RateLimited:
     scope = "key" if counter.startswith("k:") else "tenant"
-    err = RateLimited(f"Too many concurrent streams for this {scope}: the limit is {limit}. "
-                      "Wait for a stream to finish.", code="concurrency_limit_exceeded",
-                      headers={"retry-after": "1", "retry-after-ms": "1000"})
+    err = RateLimited(
+        f"Too many concurrent streams for this {scope}: the limit is {limit}. Wait for a stream to finish.",
+        code="concurrency_limit_exceeded",
+        headers={"retry-after": "1", "retry-after-ms": "1000"},
+    )
     err.type = "requests"
     return err
 
@@ -208,5 +217,18 @@ class MemoryLimits:
         return self._streams.get(counter, 0)
 
 
-__all__ = ["WINDOW_S", "Bucket", "MemoryLimits", "Verdict", "adjust", "buckets", "concurrency_refused", "duration",
-           "first_refusal", "gcra", "headers", "stream_slots", "too_large"]
+__all__ = [
+    "WINDOW_S",
+    "Bucket",
+    "MemoryLimits",
+    "Verdict",
+    "adjust",
+    "buckets",
+    "concurrency_refused",
+    "duration",
+    "first_refusal",
+    "gcra",
+    "headers",
+    "stream_slots",
+    "too_large",
+]

@@ -73,8 +73,11 @@ def per_process_limits(tenants: Iterable[TenantConfig], keys: Iterable[KeyRecord
         if kinds:
             found.append(f"tenant {t.name} ({' and '.join(kinds)})")
     now = time.time()
-    found += [f"key {k.key_id} of tenant {k.tenant} (rate limits)" for k in keys
-              if k.limits is not None and k.limits != _UNLIMITED and k.status(now) != "revoked"]
+    found += [
+        f"key {k.key_id} of tenant {k.tenant} (rate limits)"
+        for k in keys
+        if k.limits is not None and k.limits != _UNLIMITED and k.status(now) != "revoked"
+    ]
     return found
 
 
@@ -82,7 +85,8 @@ def shared_state_required() -> InvalidRequest:
     return InvalidRequest(
         "Rate limits and budgets need shared state when several gateway processes serve (--workers N): each "
         "process would allow the whole amount. Restart the gateway with --state redis://HOST:PORT/DB.",
-        code="shared_state_required")
+        code="shared_state_required",
+    )
 
 
 def check_key_limits(tenant: RateLimits, key: RateLimits | None) -> None:
@@ -92,14 +96,18 @@ def check_key_limits(tenant: RateLimits, key: RateLimits | None) -> None:
     for field, value in key.model_dump(exclude_none=True).items():
         ceiling = getattr(tenant, field)
         if ceiling is not None and value > ceiling:
-            raise InvalidRequest(f"limits.{field} = {value} is above the tenant's limit of {ceiling}; a key's "
-                                 "limits may only be lower than its tenant's.", param=f"limits.{field}",
-                                 code="limit_exceeds_tenant")
+            raise InvalidRequest(
+                f"limits.{field} = {value} is above the tenant's limit of {ceiling}; a key's "
+                "limits may only be lower than its tenant's.",
+                param=f"limits.{field}",
+                code="limit_exceeds_tenant",
+            )
 
 
 class Tenancy:
-    def __init__(self, config: FederationConfig, keys: KeyStore, refresh_s: float = 10.0,
-                 limits_per_process: bool = False) -> None:
+    def __init__(
+        self, config: FederationConfig, keys: KeyStore, refresh_s: float = 10.0, limits_per_process: bool = False
+    ) -> None:
         """``limits_per_process``: this is one of several processes without shared state, where
         limits and budgets could not hold; the API then refuses to set any."""
         self.limits_per_process = limits_per_process
@@ -155,8 +163,7 @@ class Tenancy:
 
     async def authenticate(self, authorization: str | None) -> Caller:
         if not authorization:
-            raise AuthenticationFailed(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
+            raise AuthenticationFailed("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
         scheme, _, key = authorization.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -175,8 +182,9 @@ class Tenancy:
         if seen is not None and seen[0] is record and seen[1] is entry:
             return seen[2]
         t = entry.tenant
-        caller = Caller(t.name, t.policy, t.allow_volunteer, record.key_id, record, entry.config.limits,
-                        tuple(entry.config.budgets))
+        caller = Caller(
+            t.name, t.policy, t.allow_volunteer, record.key_id, record, entry.config.limits, tuple(entry.config.budgets)
+        )
         if len(self._callers) >= _MAX_CALLERS:
             self._callers.clear()
         self._callers[record.key_id] = (record, entry, caller)
@@ -186,17 +194,16 @@ class Tenancy:
 
     def check_limits_hold(self, tenant: TenantConfig | None = None, key: RateLimits | None = None) -> None:
         """Refuse limits or budgets this process alone would enforce (see ``limits_per_process``)."""
-        if self.limits_per_process and ((tenant is not None and per_process_limits([tenant])) or
-                                        (key is not None and key != _UNLIMITED)):
+        if self.limits_per_process and (
+            (tenant is not None and per_process_limits([tenant])) or (key is not None and key != _UNLIMITED)
+        ):
             raise shared_state_required()
 
     async def create(self, config: TenantConfig) -> TenantEntry:
         self.check_limits_hold(config)
         await self._reload()
-        if config.name in self._entries or not await self._keys.run(self._keys.add_tenant, config.name,
-                                                                      _spec(config)):
-            raise InvalidRequest(f"A tenant named {config.name!r} exists already.", param="name",
-                                 code="tenant_exists")
+        if config.name in self._entries or not await self._keys.run(self._keys.add_tenant, config.name, _spec(config)):
+            raise InvalidRequest(f"A tenant named {config.name!r} exists already.", param="name", code="tenant_exists")
         await self._reload()
         return self._entries[config.name]
 
@@ -217,8 +224,9 @@ class Tenancy:
         if entry is None:
             raise unknown_tenant(name)
         if entry.source == "config":
-            raise InvalidRequest(f"Tenant {name!r} is declared in the config file; change it there and restart.",
-                                 code="tenant_in_config")
+            raise InvalidRequest(
+                f"Tenant {name!r} is declared in the config file; change it there and restart.", code="tenant_in_config"
+            )
         return entry
 
 
@@ -233,5 +241,12 @@ def _redact(key: str) -> str:
     return key[:3] + "*" * 8 + key[-4:] if len(key) > 10 else "*" * len(key)
 
 
-__all__ = ["Caller", "Tenancy", "TenantEntry", "check_key_limits", "per_process_limits", "shared_state_required",
-           "unknown_tenant"]
+__all__ = [
+    "Caller",
+    "Tenancy",
+    "TenantEntry",
+    "check_key_limits",
+    "per_process_limits",
+    "shared_state_required",
+    "unknown_tenant",
+]

@@ -91,13 +91,27 @@ def output_bound(endpoint: str, payload: dict[str, Any]) -> tuple[int, bool]:
     return (max(given) if given else DEFAULT_MAX_OUTPUT) * choices, bool(given)
 
 
-def demand(*, request_id: str, tenant: str, key_id: str, limits: RateLimits, key_limits: RateLimits | None,
-           budgets: list[Budget], endpoint: str, payload: dict[str, Any], body_bytes: int, prompt_estimate: int,
-           order: list[Scored], stream: bool, received: float) -> Demand:
+def demand(
+    *,
+    request_id: str,
+    tenant: str,
+    key_id: str,
+    limits: RateLimits,
+    key_limits: RateLimits | None,
+    budgets: list[Budget],
+    endpoint: str,
+    payload: dict[str, Any],
+    body_bytes: int,
+    prompt_estimate: int,
+    order: list[Scored],
+    stream: bool,
+    received: float,
+) -> Demand:
     out, _ = output_bound(endpoint, payload)
     worst = worst_case(order, body_bytes, out) if budgets else ZERO
-    return Demand(request_id, tenant, key_id, limits, key_limits, tuple(budgets), prompt_estimate + out, worst,
-                  stream, received)
+    return Demand(
+        request_id, tenant, key_id, limits, key_limits, tuple(budgets), prompt_estimate + out, worst, stream, received
+    )
 
 
 def needs_output_cap(budgets: list[Budget], endpoint: str, payload: dict[str, Any]) -> bool:
@@ -109,5 +123,14 @@ def tokens_of(record: UsageRecord | None) -> int:
     return 0 if record is None else record.input_tokens + record.output_tokens
 
 
-__all__ = ["BUDGET_WARNING", "DEFAULT_MAX_OUTPUT", "Admission", "Demand", "Ticket", "demand",
-           "needs_output_cap", "output_bound", "tokens_of"]
+__all__ = [
+    "BUDGET_WARNING",
+    "DEFAULT_MAX_OUTPUT",
+    "Admission",
+    "Demand",
+    "Ticket",
+    "demand",
+    "needs_output_cap",
+    "output_bound",
+    "tokens_of",
+]

@@ -65,7 +65,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-_ADMIT = _RESERVATIONS + """
+_ADMIT = (
+    _RESERVATIONS
+    + """
 local id, lease = ARGV[1], tonumber(ARGV[2])
 local R, C, B, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local amount = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
@@ -131,8 +133,11 @@ if B > 0 then
 end
 return {'ok', verdicts, warn}
 """
+)
 
-_SETTLE = _RESERVATIONS + """
+_SETTLE = (
+    _RESERVATIONS
+    + """
 local id, T, C, B, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local held, rq, rx = KEYS[T + C + B + 1], KEYS[T + C + B + 2], KEYS[T + C + B + 3]
 for i = 1, T do
@@ -159,6 +164,7 @@ for j = 1, B do
 end
 return 1
 """
+)
 
 
 class StateUnavailable(GatewayError):
@@ -172,8 +178,9 @@ class RedisAdmission:
 
     def __init__(self, url: str, prefix: str, ledger: Ledger, lease_s: float) -> None:
         # Requests wait for one of a bounded set of connections rather than failing at 100 in flight.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5.0, socket_timeout=5.0,
-                                                        socket_connect_timeout=2.0)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=5.0, socket_timeout=5.0, socket_connect_timeout=2.0
+        )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
@@ -185,8 +192,12 @@ class RedisAdmission:
 
     def _tenant_keys(self, tenant: str, wanted: list[Line]) -> list[str]:
         p = self._prefix
-        return [*(f"{p}bs:{tenant}:{line.key}" for line in wanted), f"{p}br:{tenant}", f"{p}bq:{tenant}",
-                f"{p}bx:{tenant}"]
+        return [
+            *(f"{p}bs:{tenant}:{line.key}" for line in wanted),
+            f"{p}br:{tenant}",
+            f"{p}bq:{tenant}",
+            f"{p}bx:{tenant}",
+        ]
 
     async def _seed(self, tenant: str, wanted: list[Line]) -> None:
         for line in wanted:
@@ -214,10 +225,20 @@ class RedisAdmission:
                 raise err
         slots = stream_slots(demand.tenant, demand.key_id, demand.limits, demand.key_limits) if demand.stream else []
         p = self._prefix
-        keys = [*(f"{p}rl:{b.key}" for b in draws), *(f"{p}cc:{c}" for c, _ in slots),
-                *self._tenant_keys(demand.tenant, wanted)]
-        args: list[Any] = [demand.request_id, self._lease_ms, len(draws), len(slots), len(wanted),
-                           int(WINDOW_S * 1000), *demand.worst]
+        keys = [
+            *(f"{p}rl:{b.key}" for b in draws),
+            *(f"{p}cc:{c}" for c, _ in slots),
+            *self._tenant_keys(demand.tenant, wanted),
+        ]
+        args: list[Any] = [
+            demand.request_id,
+            self._lease_ms,
+            len(draws),
+            len(slots),
+            len(wanted),
+            int(WINDOW_S * 1000),
+            *demand.worst,
+        ]
         args += [x for b in draws for x in (b.limit, b.cost)] + [limit for _, limit in slots]
         args += [x for line in wanted for x in (line.index + 1, _or_minus(line.hard), _or_minus(line.soft))]
         for _ in range(3):
@@ -235,9 +256,18 @@ class RedisAdmission:
         if status == "budget":
             line = wanted[result[1] - 1]
             raise refusal(demand.tenant, line, result[2], result[3], demand.worst[line.index])
-        verdicts = [(b, Verdict(b.limit, result[1][3 * i], result[1][3 * i + 1] / 1000,
-                                None if result[1][3 * i + 2] < 0 else result[1][3 * i + 2] / 1000))
-                    for i, b in enumerate(draws)]
+        verdicts = [
+            (
+                b,
+                Verdict(
+                    b.limit,
+                    result[1][3 * i],
+                    result[1][3 * i + 1] / 1000,
+                    None if result[1][3 * i + 2] < 0 else result[1][3 * i + 2] / 1000,
+                ),
+            )
+            for i, b in enumerate(draws)
+        ]
         if status == "rate":
             raise first_refusal(verdicts)
         if status != "ok":
@@ -245,8 +275,9 @@ class RedisAdmission:
         out = headers(verdicts)
         warn = result[2]
         if warn:
-            out[BUDGET_WARNING] = "; ".join(warning(wanted[warn[i] - 1], warn[i + 1], warn[i + 2])
-                                            for i in range(0, len(warn), 3))
+            out[BUDGET_WARNING] = "; ".join(
+                warning(wanted[warn[i] - 1], warn[i + 1], warn[i + 2]) for i in range(0, len(warn), 3)
+            )
         return Ticket(demand, draws, slots, wanted, out, demand.worst if wanted else ZERO)
 
     async def settle(self, ticket: Ticket, record: UsageRecord | None) -> None:
@@ -258,11 +289,13 @@ class RedisAdmission:
     async def _run_settle(self, ticket: Ticket, record: UsageRecord | None) -> None:
         d = ticket.demand
         tpm = [b for b in ticket.buckets if b.kind == "tokens"]
-        keys = [*(f"{self._prefix}rl:{b.key}" for b in tpm), *(f"{self._prefix}cc:{c}" for c, _ in ticket.slots),
-                *self._tenant_keys(d.tenant, ticket.lines)]
+        keys = [
+            *(f"{self._prefix}rl:{b.key}" for b in tpm),
+            *(f"{self._prefix}cc:{c}" for c, _ in ticket.slots),
+            *self._tenant_keys(d.tenant, ticket.lines),
+        ]
         actual = of_record(record) if ticket.lines else ZERO
-        args: list[Any] = [d.request_id, len(tpm), len(ticket.slots), len(ticket.lines), int(WINDOW_S * 1000),
-                           *actual]
+        args: list[Any] = [d.request_id, len(tpm), len(ticket.slots), len(ticket.lines), int(WINDOW_S * 1000), *actual]
         args += [x for b in tpm for x in (b.limit, tokens_of(record) - b.cost)]
         args += [line.index + 1 for line in ticket.lines]
         for attempt in range(5):
@@ -272,8 +305,9 @@ class RedisAdmission:
             except RedisError as exc:
                 log.warning("settling %s failed (attempt %d): %s", d.request_id, attempt + 1, exc)
                 await asyncio.sleep(0.1 * 2**attempt)
-        log.error("settling %s gave up: its cost %s is not counted against %s's budgets", d.request_id,
-                  actual, d.tenant)
+        log.error(
+            "settling %s gave up: its cost %s is not counted against %s's budgets", d.request_id, actual, d.tenant
+        )
 
     async def prime(self, tenant: str, budgets: list[Budget]) -> None:
         wanted = lines(budgets, time.time())
@@ -308,8 +342,6 @@ class RedisAdmission:
 
 def _or_minus(value: int | None) -> int:
     return -1 if value is None else value
-
-
 
 
 __all__ = ["RedisAdmission", "StateUnavailable"]
