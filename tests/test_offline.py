@@ -21,9 +21,9 @@ import openai
 import pytest
 import yaml
 
+from tests.cli.test_cli import _free_port, _wait_ready
 from tests.conftest import backend_entry
 from tests.servers import ADMIN_KEY
-from tests.test_cli import _free_port, _wait_ready
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 

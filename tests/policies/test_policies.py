@@ -476,7 +476,7 @@ def test_example_policies_load(monkeypatch):
 
     import yaml
 
-    root = Path(__file__).resolve().parents[1] / "examples"
+    root = Path(__file__).resolve().parents[2] / "examples"
     for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "EU1_KEY"):
         monkeypatch.setenv(var, "x")
     federation = yaml.safe_load((root / "federation.yaml").read_text())

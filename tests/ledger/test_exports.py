@@ -18,9 +18,9 @@ import orjson
 import pytest
 
 from router.ledger.exports import FOCUS_CUSTOM, FOCUS_MANDATORY
+from tests.cli.test_cli import _free_port, _wait_ready
 from tests.conftest import backend_entry
-from tests.test_cli import _free_port, _wait_ready
-from tests.test_ledger import pg_url  # noqa: F401  (the fixture: a PostgreSQL database for this session)
+from tests.ledger.test_ledger import pg_url  # noqa: F401  (the fixture: a PostgreSQL database for this session)
 
 FEDROUTER = [sys.executable, "-c", "from router.cli import main; main()"]
 TODAY = datetime.now(UTC).date()

@@ -17,7 +17,7 @@ from router.api.dashboard import router as dashboard_router
 from router.metrics import Metrics
 from tests.servers import start_uvicorn
 
-DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
 GRAFANA = DASHBOARDS / "grafana" / "fedrouter-overview.json"
 ALERTS = DASHBOARDS / "prometheus" / "alerts.yml"
 SCRAPE = DASHBOARDS / "prometheus" / "scrape.yml"

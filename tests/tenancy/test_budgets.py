@@ -24,10 +24,10 @@ from router.tenancy.admission.base import DEFAULT_MAX_OUTPUT, Demand, output_bou
 from router.tenancy.admission.memory import LocalAdmission
 from router.tenancy.admission.redis import RedisAdmission
 from router.tenancy.budgets import NANO, Amounts, BudgetExceeded, lines, nano, period_start
+from tests.cli.test_cli import FEDROUTER, _free_port, _run, _stop, _wait_ready
 from tests.conftest import backend_entry
 from tests.openai_schema import validate
 from tests.servers import admin, serve
-from tests.test_cli import FEDROUTER, _free_port, _run, _stop, _wait_ready
 
 REDIS = "redis://127.0.0.1:6379/0"
 BODY = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 50})

@@ -24,10 +24,10 @@ import pytest
 from router.app import create_app
 from router.config import parse_config
 from router.settings import Settings
+from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
 from tests.conftest import Gateway, Sim, backend_entry
 from tests.openai_schema import validate
 from tests.servers import ADMIN_KEY, start_server, start_uvicorn, wait_for
-from tests.test_cli import _free_port, _run, _spawn, _wait_ready
 
 pytestmark = pytest.mark.timeout(15)
 

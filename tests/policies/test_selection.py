@@ -25,7 +25,7 @@ from router.pipeline.planner import Planner
 from router.state.memory import MemoryStore
 from router.tenancy.tenants import Tenant
 from tests.conftest import backend_entry
-from tests.test_policies import ALL, REQ, _constraints, _requests, _weights, cand
+from tests.policies.test_policies import ALL, REQ, _constraints, _requests, _weights, cand
 
 # ---- the fused scoring is the per-scorer reference, bit for bit ----------------------------
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.test_cli import FEDROUTER, _free_port, _wait_ready
+from tests.cli.test_cli import FEDROUTER, _free_port, _wait_ready
 
 STREAMS = 50
 PLAIN = 10

@@ -14,7 +14,7 @@ from policies.base import Stats
 from router.fleet.backend_stats import EjectionPolicy, StatsBook
 from router.state import MemorySpace, MemoryStore
 from router.state.redis import RedisStore
-from tests.test_cli import _free_port, _run, _spawn, _wait_ready
+from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ADMIN = "replica-admin-key-0123456789"

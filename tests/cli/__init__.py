@@ -1,0 +1,1 @@
+"""Tests of router.cli: the fedrouter command, run as a user runs it."""

@@ -1,0 +1,1 @@
+"""Tests of router.fleet: backend statistics, energy and carbon, prices."""

@@ -1,0 +1,1 @@
+"""Tests of router.ledger: the ledger stores, durability and exports."""

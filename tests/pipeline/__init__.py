@@ -1,0 +1,1 @@
+"""Tests of router.pipeline: planning, dispatch, hedging, streaming and metering."""

@@ -1,0 +1,1 @@
+"""Tests of policies: filters, scorers, pickers and selection."""

@@ -1,0 +1,1 @@
+"""Tests of providers: the upstream HTTP client and every provider type."""

@@ -1,0 +1,1 @@
+"""Tests of router.sim: the simulated backend and the local model."""

@@ -1,0 +1,1 @@
+"""Tests of router.state: the stores, and replicas that share one."""

@@ -1,0 +1,1 @@
+"""Tests of router.tenancy: keys, tenants, limits, budgets and admission."""
