@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from providers.flow_control import FlowControl
 from providers.ticker import Ticker
 
 _HIGH_WATER = 1 << 20  # buffered body bytes at which the socket stops being read
@@ -57,7 +58,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
-        self.drained: asyncio.Future[None] | None = None
+        self.flow = FlowControl(loop)
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.paused = False
@@ -106,16 +107,13 @@ class _Connection(asyncio.Protocol):
             elif self.error is None:
                 self.error = HttpError(f"connection closed by the backend{f': {exc}' if exc else ''}")
         self._wake()
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        self.flow.connection_lost()
 
     def pause_writing(self) -> None:
-        self.drained = self.loop.create_future()
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
-        self.drained = None
+        self.flow.resume_writing()
 
     # httptools callbacks
 
@@ -197,8 +195,7 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data + body)
         else:
             self.transport.writelines((data, body))
-        if self.drained is not None:
-            await asyncio.wait_for(asyncio.shield(self.drained), within)
+        await self.flow.drain(within)
 
     def usable(self, now: float, keepalive_s: float) -> bool:
         return (

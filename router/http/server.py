@@ -32,6 +32,7 @@ from urllib.parse import unquote
 import httptools
 from starlette.responses import Response
 
+from providers.flow_control import FlowControl
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest, error_body
 from router.http.asgi import INFERENCE_ROUTES, GatewayApp, error_response
 from router.http.shedding import LoadShedder
@@ -100,7 +101,7 @@ class _Connection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.lost = False
         self.gone: asyncio.Future[None] = self.loop.create_future()  # resolved when the client leaves
-        self.drained: asyncio.Future[None] | None = None
+        self.flow = FlowControl(self.loop)
         self.reading = True
         self.active = server.now  # when the client last sent something, to the second
         self.head_size = 0
@@ -143,16 +144,13 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         if not self.gone.done():
             self.gone.set_result(None)
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        self.flow.connection_lost()
 
     def pause_writing(self) -> None:
-        self.drained = self.loop.create_future()
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
-        self.drained = None
+        self.flow.resume_writing()
 
     # httptools callbacks
 
@@ -301,8 +299,7 @@ class _Connection(asyncio.Protocol):
         if self.lost or self.transport is None:
             raise ConnectionResetError("the client has gone")
         self.transport.write(data)
-        if self.drained is not None:
-            await self.drained
+        await self.flow.drain()
 
 
 class _StreamSend:
