@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from policies.base import Capability, PolicySpec
 from policies.presets import PRESETS
+from providers import base as provider_base
 from providers.base import BackendClass
 from router.fleet.energy import CarbonTable, UnknownZone
 
@@ -53,11 +54,19 @@ class Hardware(_Strict):
     watts: float = Field(gt=0)  # board power of one accelerator
 
 
+_TIMEOUTS = provider_base.DEFAULT_TIMEOUTS  # the defaults are written once, in providers.base
+_LIMITS = provider_base.DEFAULT_LIMITS
+
+
 class Timeouts(_Strict):
-    connect: float = Field(default=5.0, gt=0)
-    first_token: float = Field(default=60.0, gt=0)
-    idle: float = Field(default=60.0, gt=0)
-    total: float = Field(default=600.0, gt=0)
+    connect: float = Field(default=_TIMEOUTS.connect, gt=0)
+    first_token: float = Field(default=_TIMEOUTS.first_token, gt=0)
+    idle: float = Field(default=_TIMEOUTS.idle, gt=0)
+    total: float = Field(default=_TIMEOUTS.total, gt=0)
+
+    def value(self) -> provider_base.Timeouts:
+        """The plain value every provider takes."""
+        return provider_base.Timeouts(self.connect, self.first_token, self.idle, self.total)
 
 
 class _BackendBase(_Strict):
@@ -76,6 +85,10 @@ class _BackendBase(_Strict):
     capabilities: list[Capability] | None = None  # None = not declared, never filtered on
     max_concurrency: int | None = Field(default=None, gt=0)
     timeouts: Timeouts = Timeouts()
+    # What an answer may make the gateway hold (see providers.base.Limits).
+    max_response_bytes: int = Field(default=_LIMITS.max_response_bytes, ge=1024)
+    max_event_bytes: int = Field(default=_LIMITS.max_event_bytes, ge=1024)
+    max_connections: int = Field(default=_LIMITS.max_connections, gt=0)
 
     @field_validator("models")
     @classmethod
@@ -97,6 +110,9 @@ class _BackendBase(_Strict):
         if v is not None and not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("base_url must be an http:// or https:// URL")
         return v.rstrip("/") if v else v
+
+    def limits(self) -> provider_base.Limits:
+        return provider_base.Limits(self.max_response_bytes, self.max_event_bytes, self.max_connections)
 
     def model_map(self) -> dict[str, str]:
         """Public model name -> the name the backend knows it by."""
