@@ -102,9 +102,9 @@ class LiteLLMProvider:
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        # ``limits`` bound the gateway's own HTTP client; litellm reads answers with its own
-        # (httpx, aiohttp), so only the time limits apply here: litellm backends are configured
-        # by their operator, never volunteered.
+        # ``limits`` bound the gateway's own HTTP client (providers.http1); litellm reads answers
+        # with its own (httpx, aiohttp), which this adapter cannot bound, so only the time limits
+        # apply to a litellm backend.
         del limits
         self.info = info
         self._llm = _import_litellm()
