@@ -54,8 +54,7 @@ class Hardware(_Strict):
     watts: float = Field(gt=0)  # board power of one accelerator
 
 
-_TIMEOUTS = provider_base.DEFAULT_TIMEOUTS  # the defaults are written once, in providers.base
-_LIMITS = provider_base.DEFAULT_LIMITS
+_TIMEOUTS, _LIMITS = provider_base.DEFAULT_TIMEOUTS, provider_base.DEFAULT_LIMITS  # their one home
 
 
 class Timeouts(_Strict):
@@ -64,8 +63,7 @@ class Timeouts(_Strict):
     idle: float = Field(default=_TIMEOUTS.idle, gt=0)
     total: float = Field(default=_TIMEOUTS.total, gt=0)
 
-    def value(self) -> provider_base.Timeouts:
-        """The plain value every provider takes."""
+    def value(self) -> provider_base.Timeouts:  # the plain value every provider takes
         return provider_base.Timeouts(self.connect, self.first_token, self.idle, self.total)
 
 
@@ -85,10 +83,6 @@ class _BackendBase(_Strict):
     capabilities: list[Capability] | None = None  # None = not declared, never filtered on
     max_concurrency: int | None = Field(default=None, gt=0)
     timeouts: Timeouts = Timeouts()
-    # What an answer may make the gateway hold (see providers.base.Limits).
-    max_response_bytes: int = Field(default=_LIMITS.max_response_bytes, ge=1024)
-    max_event_bytes: int = Field(default=_LIMITS.max_event_bytes, ge=1024)
-    max_connections: int = Field(default=_LIMITS.max_connections, gt=0)
 
     @field_validator("models")
     @classmethod
@@ -112,7 +106,8 @@ class _BackendBase(_Strict):
         return v.rstrip("/") if v else v
 
     def limits(self) -> provider_base.Limits:
-        return provider_base.Limits(self.max_response_bytes, self.max_event_bytes, self.max_connections)
+        """What its answers may make the gateway hold; the defaults where the type sets none."""
+        return _LIMITS
 
     def model_map(self) -> dict[str, str]:
         """Public model name -> the name the backend knows it by."""
@@ -134,6 +129,13 @@ class OpenAIBackendConfig(_BackendBase):
     type: Literal["openai"]
     #: Ask the upstream for a usage chunk on every stream, so that billing never relies on counting.
     stream_usage: bool = True
+    # What an answer may make the gateway's own client hold (see providers.base.Limits).
+    max_response_bytes: int = Field(default=_LIMITS.max_response_bytes, ge=1024)
+    max_event_bytes: int = Field(default=_LIMITS.max_event_bytes, ge=1024)
+    max_connections: int = Field(default=_LIMITS.max_connections, gt=0)
+
+    def limits(self) -> provider_base.Limits:
+        return provider_base.Limits(self.max_response_bytes, self.max_event_bytes, self.max_connections)
 
     @model_validator(mode="after")
     def _needs_url(self) -> OpenAIBackendConfig:

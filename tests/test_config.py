@@ -87,6 +87,9 @@ def test_a_backends_timeouts_and_limits_reach_its_provider_whole():
     assert tuned.limits() == Limits(max_response_bytes=4096, max_event_bytes=2048, max_connections=8)
     with pytest.raises(ConfigError, match=r"backends\[eu-1\]\.max_connections"):
         parse_config({"backends": [_backend(max_connections=0)]})
+    # litellm reads answers with its own client, which these limits cannot bound: not accepted there.
+    with pytest.raises(ConfigError, match=r"unknown key 'max_connections'"):
+        parse_config({"backends": [_backend(type="litellm", max_connections=8)]})
 
 
 def test_examples_load(monkeypatch):
