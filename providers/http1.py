@@ -309,7 +309,7 @@ class Pool:
         except TimeoutError:
             raise HttpError(f"could not connect to {origin.authority} within {self._connect_timeout:g} s") from None
         except (OSError, ssl.SSLError) as exc:
-            if exc.errno in _LOCAL_ERRNOS:
+            if not isinstance(exc, ssl.SSLError) and exc.errno in _LOCAL_ERRNOS:
                 raise LocalError(f"could not open a connection to {origin.authority}: {exc}") from None
             raise HttpError(f"could not connect to {origin.authority}: {exc}") from None
         finally:

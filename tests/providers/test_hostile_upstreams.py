@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -139,30 +139,57 @@ def gateway(loop_thread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     created = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
     assert created.returncode == 0, created.stderr
     port = _free_port()
-    os.environ["FEDROUTER_ADMIN_KEY"] = ADMIN_KEY
     try:
-        with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
-            _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-            key = created.stdout.strip().splitlines()[-1]
-            yield Gateway(f"http://127.0.0.1:{port}", proc.pid, key, scripted, mute, sims)
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("FEDROUTER_ADMIN_KEY", ADMIN_KEY)  # the serve process inherits it
+            with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
+                _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+                key = created.stdout.strip().splitlines()[-1]
+                yield Gateway(f"http://127.0.0.1:{port}", proc.pid, key, scripted, mute, sims)
     finally:
-        del os.environ["FEDROUTER_ADMIN_KEY"]
         for runner, _ in started.values():
             loop_thread.run(runner.cleanup())
         loop_thread.run(mute.stop())
         loop_thread.run(scripted.stop(server))
 
 
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+# The other client, in a process of its own so that nothing of the test's own work can delay it:
+# GET /healthz on one kept-alive connection every 2 ms, and the gateway's VmRSS after each, until
+# its stdin closes; then one JSON line with what it saw.
+SAMPLER = r"""
+import http.client, json, sys, threading, time
+port, pid = int(sys.argv[1]), sys.argv[2]
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+seen = {"latencies": [], "at": [], "failures": [], "rss_kb": []}
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+print("ready", flush=True)
+began = time.perf_counter()
+while not stop.is_set():
+    started = time.perf_counter()
+    try:
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        seen["failures"].append(repr(exc))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    else:
+        seen["latencies"].append(time.perf_counter() - started)
+        seen["at"].append(started - began)
+        if resp.status != 200:
+            seen["failures"].append(f"healthz answered {resp.status}")
+    with open(f"/proc/{pid}/status") as status:
+        seen["rss_kb"] += [int(line.split()[1]) for line in status if line.startswith("VmRSS:")]
+    stop.wait(0.002)
+print(json.dumps(seen), flush=True)
+"""
 
 
 @dataclass
 class Watch:
     latencies: list[float] = field(default_factory=list)
+    at: list[float] = field(default_factory=list)  # when each sample began, from the watch's start
     failures: list[str] = field(default_factory=list)
     rss_kb: list[int] = field(default_factory=list)
 
@@ -170,35 +197,29 @@ class Watch:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
+    def slowest(self) -> list[tuple[float, float]]:
+        """The five slowest samples: (when, how long), in seconds."""
+        return sorted(zip(self.at, self.latencies, strict=True), key=lambda pair: -pair[1])[:5]
+
 
 @contextlib.contextmanager
 def watched(gw: Gateway) -> Iterator[Watch]:
-    """Another client sampling /healthz (and the gateway's RSS) every 2 ms while the block runs."""
-    watch = Watch()
-    stop = threading.Event()
-
-    def sample() -> None:
-        with httpx.Client(timeout=5) as client:
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    ok = client.get(gw.url + "/healthz").status_code == 200
-                except httpx.HTTPError as exc:
-                    watch.failures.append(repr(exc))
-                else:
-                    watch.latencies.append(time.perf_counter() - started)
-                    if not ok:
-                        watch.failures.append("healthz not 200")
-                watch.rss_kb.append(_rss_kb(gw.pid))
-                stop.wait(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield watch
-    finally:
-        stop.set()
-        thread.join(10)
+    """Another client sampling /healthz (and the gateway's RSS) while the block runs."""
+    port = gw.url.rsplit(":", 1)[1]
+    with subprocess.Popen(
+        [sys.executable, "-c", SAMPLER, port, str(gw.pid)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as sampler:
+        assert sampler.stdin is not None and sampler.stdout is not None
+        assert sampler.stdout.readline().strip() == "ready"
+        watch = Watch()
+        try:
+            yield watch
+        finally:
+            sampler.stdin.close()
+            seen = orjson.loads(sampler.stdout.readline() or b"{}")
+            sampler.wait(10)
+        watch.latencies, watch.at = seen["latencies"], seen["at"]
+        watch.failures, watch.rss_kb = seen["failures"], seen["rss_kb"]
 
 
 def _events(resp: httpx.Response) -> list[dict[str, Any]]:
@@ -219,9 +240,7 @@ def _attack(gw: Gateway, steps: list[Step], body: dict[str, Any], *, twice: bool
     with watched(gw) as watch:
         time.sleep(0.05)  # a baseline before the attack
         answers = [gw.post(body) for _ in range(2 if twice else 1)]
-        settle = time.monotonic() + 2.0  # the attack may go on after the answer: watch it a while
-        while (len(watch.latencies) < 40 or time.monotonic() < settle - 1.7) and time.monotonic() < settle:
-            time.sleep(0.02)
+        time.sleep(0.3)  # the attack may go on after the answer: watch it a while longer
     # Seen with pytest -s: the figures each attack left (the limits are asserted below).
     print(
         f"RSS max {max(watch.rss_kb) // 1024} MB, /healthz p99 {watch.p99() * 1000:.1f} ms over {len(watch.latencies)}"
@@ -229,7 +248,7 @@ def _attack(gw: Gateway, steps: list[Step], body: dict[str, Any], *, twice: bool
     assert not watch.failures, watch.failures[:3]
     assert len(watch.latencies) >= 20
     assert max(watch.rss_kb) < RSS_LIMIT_KB, f"RSS reached {max(watch.rss_kb) // 1024} MB"
-    assert watch.p99() < P99_LIMIT_S, f"p99 of /healthz was {watch.p99() * 1000:.0f} ms"
+    assert watch.p99() < P99_LIMIT_S, f"p99 of /healthz was {watch.p99() * 1000:.0f} ms; slowest {watch.slowest()}"
     good = gw.backends()["good"]
     assert (good["failures"], good["ejected"]) == (before, False)
     return answers
@@ -265,7 +284,6 @@ STREAM = {**PLAIN, "stream": True}
     ],
 )
 def test_an_attack_before_the_first_byte_falls_back(gateway: Gateway, steps: Any, stream: bool) -> None:
-    started = time.monotonic()
     [resp] = _attack(gateway, steps(), STREAM if stream else PLAIN)
     assert resp.status_code == 200, resp.text
     assert (resp.headers["x-fedrouter-backend"], resp.headers["x-fedrouter-attempts"]) == ("good", "2")
@@ -274,7 +292,7 @@ def test_an_attack_before_the_first_byte_falls_back(gateway: Gateway, steps: Any
     else:
         assert resp.json()["choices"][0]["message"]["content"]
     assert gateway.scripted.requests == 1
-    assert time.monotonic() - started < 5.0
+    assert resp.elapsed.total_seconds() < 3.0  # within the hostile backend's first_token or total, then the good one
 
 
 def test_an_endless_data_line_mid_stream_ends_with_one_error_event(gateway: Gateway) -> None:
@@ -313,10 +331,10 @@ def test_a_backend_that_never_reads_the_request_is_left_behind(gateway: Gateway)
         "provider": {"order": ["mute", "good"]},
     }
     accepted = gateway.mute.accepted
-    started = time.monotonic()
     [resp] = _attack(gateway, [], body)
     assert (resp.headers["x-fedrouter-backend"], resp.headers["x-fedrouter-attempts"]) == ("good", "2")
-    assert gateway.mute.accepted == accepted + 1 and time.monotonic() - started < 5.0
+    assert gateway.mute.accepted == accepted + 1
+    assert resp.elapsed.total_seconds() < 4.5  # the mute backend's total (3 s), then the good one
 
 
 def test_the_gateways_own_overload_is_never_the_backends_failure(gateway: Gateway) -> None:
