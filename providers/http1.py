@@ -24,6 +24,10 @@ from providers.ticker import Ticker
 
 __all__ = ["HttpError", "LocalError", "Origin", "Pool", "Response", "TooLarge"]
 
+# An idle connection is dropped before common servers drop theirs (uvicorn, so vLLM: 5 s): a
+# request written as the server closes is that attempt's failure, never re-sent, so that race is
+# best not run at all.
+_KEEPALIVE_S = 4.0
 _INFLATE_STEP = 64 * 1024  # decompressed bytes per step: a bomb is inflated a slice at a time
 # The machine's own shortage, not the backend's: out of file descriptors or socket buffers.
 _LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -195,7 +199,7 @@ class Pool:
         *,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         limits: Limits = DEFAULT_LIMITS,
-        keepalive_s: float = 30.0,
+        keepalive_s: float = _KEEPALIVE_S,
         max_idle: int = 512,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
