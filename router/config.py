@@ -299,7 +299,7 @@ def _check_zones(config: FederationConfig) -> None:
 def _check_fallbacks(config: FederationConfig) -> None:
     """Fallback models must exist, and following them must never come back to where it started."""
     known = {m for b in config.backends for m in b.model_map()}
-    graphs = [("fallback_models", config.fallback_models)]
+    graphs: list[tuple[str, Mapping[str, Sequence[str]]]] = [("fallback_models", config.fallback_models)]
     graphs += [
         (f"tenants[{t.name}].fallback_models", {**config.fallback_models, **spec.fallback_models})
         for t in config.tenants

@@ -14,11 +14,11 @@ from router.tenancy.keys import KeyStore
 
 
 async def _gateway(request: Request) -> Gateway:
-    return request.app.state.gateway  # type: ignore[no-any-return]
+    return request.app.state.gateway
 
 
 async def _keys(request: Request) -> KeyStore:
-    return request.app.state.keys  # type: ignore[no-any-return]
+    return request.app.state.keys
 
 
 GatewayDep = Annotated[Gateway, Depends(_gateway)]

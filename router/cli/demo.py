@@ -60,7 +60,7 @@ async def _serve(config: FederationConfig, settings: Settings, host: str, port: 
         sim = SimBackend(backend.name, SimBehavior(ttft_s=ttft, tokens_per_s=tps), list(backend.model_map().values()))
         runners.append((await start_sim(sim, "127.0.0.1", sim_port))[0])
     try:
-        await Server(create_app(config, settings)).serve(bind(host, port), signals=True)  # type: ignore[arg-type]
+        await Server(create_app(config, settings)).serve(bind(host, port), signals=True)
     finally:
         for runner in runners:
             with contextlib.suppress(Exception):

@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from router.config import ConfigError, FederationConfig, TenantConfig, load_config
 from router.settings import Settings
@@ -27,7 +27,7 @@ def app_factory() -> GatewayApp:
     """Each worker process builds its own app from the environment the parent set."""
     from router.app import create_app
 
-    return create_app(load_config(os.environ[_CONFIG_ENV]), Settings())  # type: ignore[return-value]
+    return create_app(load_config(os.environ[_CONFIG_ENV]), Settings())
 
 
 def _fail(message: str) -> int:
@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     server.run(
         create_app(config, settings),
-        sock,  # type: ignore[arg-type]
+        sock,
         lambda: print(f"fedrouter serving on http://{host}:{port}", file=sys.stderr, flush=True),
     )
     return 0
@@ -98,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     from router.ledger import open_ledger
 
-    async def totals() -> dict[str, object]:
+    async def totals() -> dict[str, Any]:
         ledger = open_ledger(_settings(args).ledger)
         await ledger.start()
         try:
@@ -111,15 +111,19 @@ def _usage(args: argparse.Namespace) -> int:
     print(f"requests:      {t['requests']}")
     print(f"input tokens:  {t['input_tokens']}")
     print(f"output tokens: {t['output_tokens']}")
-    print(f"cost (USD):    {float(t['cost_usd']):.6f}")  # type: ignore[arg-type]
-    print(f"energy (Wh):   {float(t['energy_wh']):.6f}")  # type: ignore[arg-type]
+    print(f"cost (USD):    {float(t['cost_usd']):.6f}")
+    print(f"energy (Wh):   {float(t['energy_wh']):.6f}")
     return 0
 
 
-def _one_of(value: str, allowed: tuple[str, ...], flag: str) -> str:
-    if value not in allowed:
-        raise ValueError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
-    return value
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def _one_of(value: str, allowed: tuple[_Choice, ...], flag: str) -> _Choice:
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise ValueError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
 
 
 def _period(args: argparse.Namespace) -> tuple[date, date]:
@@ -164,7 +168,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown tenant {args.tenant!r} (not in {args.config})")
     return _write_export(
         args, lambda ledger: export(usage_rows(ledger, args.tenant, start, end, granularity), fmt, granularity)
-    )  # type: ignore[arg-type]
+    )
 
 
 def _payouts(args: argparse.Namespace) -> int:
@@ -174,7 +178,7 @@ def _payouts(args: argparse.Namespace) -> int:
     fmt = _one_of(args.format, PAYOUT_FORMATS, "--format")
 
     async def body(ledger: Ledger) -> AsyncIterator[bytes]:
-        async for chunk in export_payouts(await ledger.payouts(start, end), fmt):  # type: ignore[arg-type]
+        async for chunk in export_payouts(await ledger.payouts(start, end), fmt):
             yield chunk
 
     return _write_export(args, body)

@@ -27,9 +27,9 @@ from router.ledger.base import COLUMNS, PAYOUT_COLUMNS, ROLLUP_COLUMNS, Ledger
 
 Format = Literal["csv", "jsonl", "focus"]
 Granularity = Literal["request", "daily"]
-FORMATS: tuple[str, ...] = ("csv", "jsonl", "focus")
-PAYOUT_FORMATS: tuple[str, ...] = ("csv", "jsonl")
-GRANULARITIES: tuple[str, ...] = ("request", "daily")
+FORMATS: tuple[Format, ...] = ("csv", "jsonl", "focus")
+PAYOUT_FORMATS: tuple[Format, ...] = ("csv", "jsonl")
+GRANULARITIES: tuple[Granularity, ...] = ("request", "daily")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson", "focus": "text/csv; charset=utf-8"}
 
 FOCUS_MANDATORY: tuple[str, ...] = (

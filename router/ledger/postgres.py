@@ -147,7 +147,7 @@ class PostgresLedger:
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         async with self._acquire() as conn:
-            return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
+            return await conn.fetch(sql, *args)
 
     async def totals(
         self, tenant: str | None = None, since: date | None = None, until: date | None = None

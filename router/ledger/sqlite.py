@@ -199,7 +199,7 @@ class SQLiteLedger:
             return await asyncio.to_thread(fn, reader)
 
     async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
-        return await self._read(lambda conn: conn.execute(sql, args).fetchall())  # type: ignore[no-any-return]
+        return await self._read(lambda conn: conn.execute(sql, args).fetchall())
 
     async def totals(
         self, tenant: str | None = None, since: date | None = None, until: date | None = None
@@ -277,7 +277,7 @@ class SQLiteLedger:
                 if n < _PRUNE_CHUNK:
                     return total
 
-        return await self._read(run)  # type: ignore[no-any-return]
+        return await self._read(run)
 
     async def close(self) -> None:
         await stop_task(self._pruner)
