@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -210,6 +211,24 @@ class HedgingConfig(_Strict):
     max_share: float = Field(default=0.05, ge=0, le=0.5)  # hedges per request, over the budget window
     delay: Literal["p95_ttft"] | Annotated[float, Field(gt=0)] = "p95_ttft"
     tenants: list[str] | None = None  # None: every tenant; else only these (latency-sensitive ones)
+
+
+@dataclass(frozen=True, slots=True)
+class EjectionPolicy:
+    """When a backend is ejected for a model: the ``routing.eject_*`` fields, read as one value.
+    It has no defaults of its own: they are RoutingConfig's, so they are written once."""
+
+    after_failures: int  # failures in a row ...
+    base_s: float  # ... eject for this long x the ejections in a row
+    error_rate: float  # ... or this failure rate over the window
+    min_requests: int  # attempts in the window before the rate counts
+    max_share: float  # of a model's backends out at once; at least one may go
+
+    @classmethod
+    def of(cls, r: RoutingConfig) -> EjectionPolicy:
+        return cls(
+            r.eject_after_failures, r.eject_seconds, r.eject_error_rate, r.eject_min_requests, r.max_ejected_share
+        )
 
 
 class RoutingConfig(_Strict):

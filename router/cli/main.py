@@ -13,6 +13,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
+from pydantic import ValidationError
+
 from router.config import ConfigError, FederationConfig, TenantConfig, load_config
 from router.settings import Settings
 
@@ -33,6 +35,14 @@ def app_factory() -> GatewayApp:
 def _fail(message: str) -> int:
     print(f"fedrouter: {message}", file=sys.stderr)
     return 2
+
+
+def _setting_error(exc: ValidationError) -> str:
+    """A settings error as one line: the first problem, which names its variable."""
+    first = exc.errors()[0]
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    name = "FEDROUTER_" + "_".join(str(part) for part in first["loc"]).upper()
+    return msg if msg.startswith("FEDROUTER_") else f"{name}: {msg}"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -80,6 +90,8 @@ def _serve(args: argparse.Namespace) -> int:
         sock = server.bind_for_workers(args.host, args.port) if args.workers > 1 else server.bind(args.host, args.port)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    if settings.admin_key is None:
+        print("fedrouter: FEDROUTER_ADMIN_KEY is not set: the admin API and /metrics are off", file=sys.stderr)
     if args.workers > 1:
         os.environ[_CONFIG_ENV] = str(Path(args.config).resolve())
         os.environ["FEDROUTER_WORKERS"] = str(args.workers)
@@ -131,6 +143,11 @@ def _period(args: argparse.Namespace) -> tuple[date, date]:
         start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
     except ValueError:
         raise ValueError(f"--from {args.start!r} / --to {args.end!r}: expected ISO dates (YYYY-MM-DD)") from None
+    from router.ledger.base import out_of_range
+
+    for flag, day in (("--from", start), ("--to", end)):
+        if (why := out_of_range(day)) is not None:
+            raise ValueError(f"{flag} {why}")
     if start > end:
         raise ValueError(f"--from {start} is after --to {end}")
     return start, end
@@ -276,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         code = args.func(args)
     except ConfigError as exc:
         code = _fail(f"invalid config:\n{exc}")
+    except ValidationError as exc:  # the settings, from the environment
+        code = _fail(_setting_error(exc))
     except (ValueError, OSError) as exc:
         code = _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     sys.exit(code)
