@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from policies.base import Capability, PolicySpec
 from policies.presets import PRESETS
 from providers.base import BackendClass
-from router.fleet.energy import CarbonTable, UnknownZone
+from router.carbon import CarbonTable, UnknownZone
 
 _UNION_TAGS = ("str", "PolicySpec")
 _SECRET_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
