@@ -120,7 +120,7 @@ class Response:
 
     def _flush(self) -> bytes:
         try:
-            return self._decoder.flush()  # type: ignore[no-any-return]
+            return self._decoder.flush()  # type: ignore[no-any-return]  # zlib's decompressobj: bytes
         except zlib.error as exc:
             self.close()
             raise HttpError(f"the backend's compressed body is corrupt: {exc}") from None

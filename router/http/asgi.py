@@ -25,7 +25,7 @@ from router.pipeline.gateway import Gateway
 
 log = logging.getLogger("fedrouter")
 
-INFERENCE_ROUTES = {
+INFERENCE_ROUTES: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat/completions",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
@@ -82,7 +82,7 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         try:
-            response = await infer(Request(scope, receive), self.gateway, endpoint)  # type: ignore[arg-type]
+            response = await infer(Request(scope, receive), self.gateway, endpoint)
         except GatewayError as err:
             response = error_response(err)
         except ClientDisconnect:

@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
@@ -32,6 +32,7 @@ from urllib.parse import unquote
 import httptools
 from starlette.responses import Response
 
+from providers.base import Endpoint
 from providers.flow_control import FlowControl
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest, error_body
 from router.http.asgi import INFERENCE_ROUTES, GatewayApp, error_response
@@ -112,7 +113,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a TCP connection's transport is a Transport
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -276,7 +277,7 @@ class _Connection(asyncio.Protocol):
         self,
         status: int,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        body: bytes | memoryview,
         *,
         keep_alive: bool,
         request_id: bytes | None = None,
@@ -284,7 +285,7 @@ class _Connection(asyncio.Protocol):
         """A whole answer in one write."""
         if self.lost or self.transport is None:
             return
-        parts = [self.server.status_line(status)]
+        parts: list[bytes | memoryview] = [self.server.status_line(status)]
         for name, value in headers:
             if name != b"content-length":
                 parts += (name, b": ", value, b"\r\n")
@@ -315,7 +316,7 @@ class _StreamSend:
         self.started = False
         self.ended = False
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.begin(message["status"], list(message.get("headers", ())))
@@ -490,7 +491,7 @@ class Server:
                 shedder.inflight -= 1
 
     async def _inference(
-        self, conn: _Connection, request: _Request, endpoint: str, request_id: str, rid: bytes
+        self, conn: _Connection, request: _Request, endpoint: Endpoint, request_id: str, rid: bytes
     ) -> None:
         send = _StreamSend(conn, request, rid)
         # A client that leaves before its answer cancels it (connection_lost), and with it the
@@ -500,7 +501,7 @@ class Server:
             try:
                 response = await self.gateway.handle(
                     endpoint,
-                    request.header(b"authorization"),  # type: ignore[arg-type]
+                    request.header(b"authorization"),
                     request.body,
                     request_id,
                     send.early,

@@ -320,7 +320,7 @@ class EventStreamResponse(Response):
 
     async def close(self) -> None:
         """End the events and run ``on_close``: after the relay, or instead of it."""
-        await self._events.aclose()  # type: ignore[attr-defined]
+        await self._events.aclose()  # type: ignore[attr-defined]  # the events are an async generator
         if self._on_close is not None:
             await self._on_close()
 
