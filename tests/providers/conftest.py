@@ -11,7 +11,7 @@ from tests.providers.upstreams import KEY_ENV, KINDS, Kind, Scripted
 
 @pytest.fixture(params=list(KINDS))
 def provider_kind(request: pytest.FixtureRequest) -> Kind:
-    """Every provider kind; a test that cannot apply to one narrows this with ``kinds_except``."""
+    """Every provider kind; a case left out for one narrows this with ``upstreams.kinds``."""
     return KINDS[request.param]
 
 

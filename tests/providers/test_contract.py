@@ -28,6 +28,7 @@ from tests.providers.upstreams import (
     LITELLM_COERCES_COUNTS,
     LITELLM_CONNECT_AS_TIMEOUT,
     LITELLM_ERROR_200_IS_422,
+    LITELLM_INVENTS_AN_ANSWER,
     LITELLM_INVENTS_USAGE,
     LITELLM_STATUS_UNNAMED,
     LITELLM_TOTAL_PER_READ,
@@ -583,6 +584,24 @@ async def test_a_stream_cut_before_it_finished(build: Build, scripted: Scripted,
     provider = build()
     events, error = await run_stream(provider, chat(provider, stream=True))
     assert text_of(events) == "Hello"
+    if provider_kind.relays:
+        assert error is None
+    else:
+        assert error is not None and error.retryable
+
+
+@on_loop
+@kinds(pending={"litellm": LITELLM_INVENTS_AN_ANSWER})
+@pytest.mark.parametrize("steps", [[SSE_HEAD, DONE], [SSE_HEAD]], ids=["done-at-once", "closed-at-once"])
+async def test_a_stream_without_a_single_event(
+    build: Build, scripted: Scripted, provider_kind: Kind, steps: list
+) -> None:
+    """A relaying kind gives an empty stream (dispatch then fails the attempt, retryably); a
+    parsing kind fails it itself."""
+    scripted.steps = steps
+    provider = build()
+    events, error = await run_stream(provider, chat(provider, stream=True))
+    assert events == []
     if provider_kind.relays:
         assert error is None
     else:

@@ -20,6 +20,7 @@ from tests.providers.upstreams import (
     ANSWER,
     KINDS,
     LITELLM_COERCES_COUNTS,
+    LITELLM_INVENTS_AN_ANSWER,
     LITELLM_INVENTS_USAGE,
     LITELLM_STATUS_UNNAMED,
     LITELLM_TOTAL_PER_READ,
@@ -318,6 +319,18 @@ def test_a_choice_that_is_not_an_object_falls_back(provider_kind, scripted, star
     assert resp.headers["x-fedrouter-backend"] == "good" and _text(events)
 
 
+@kinds(pending={"litellm": LITELLM_INVENTS_AN_ANSWER})
+@pytest.mark.parametrize("steps", [[SSE_HEAD, b"data: [DONE]\n\n"], [SSE_HEAD]], ids=["done-at-once", "closed-at-once"])
+def test_a_stream_without_a_single_event_falls_back(
+    provider_kind, scripted, start_sim_backend, start_gateway, steps: list
+) -> None:
+    scripted.steps = steps
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
+    resp, events, _ = _stream(gw)
+    assert (resp.headers["x-fedrouter-backend"], resp.headers["x-fedrouter-attempts"]) == ("good", "2")
+    assert _text(events)
+
+
 @kinds(pending={"litellm": LITELLM_INVENTS_USAGE})
 @pytest.mark.parametrize("stream", [False, True])
 def test_odd_message_shapes_are_still_billed(
@@ -490,3 +503,34 @@ def test_a_client_leaving_before_the_first_byte_cancels_and_nothing_more_is_trie
     assert scripted.requests == 1
     time.sleep(0.3)
     assert len(gw.usage("acme")["recent"]) == 1 and gw.sims["good"].stats()["requests"] == 0  # no fallback
+
+
+def test_a_client_leaving_mid_stream_closes_the_upstream_connection(
+    provider_kind, scripted, start_sim_backend, start_gateway, loop_thread
+) -> None:
+    """The client reads the first event and hangs up: the backend's connection is closed at
+    once (not left to stream on into a socket nobody reads), and nothing more is tried."""
+    scripted.steps = [SSE_HEAD, chunk_event("Hello"), 10.0]
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
+    body = orjson.dumps({"model": "m1", "messages": MSG, "max_tokens": 4, "stream": True})
+
+    async def leave_after_the_first_event() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s" % (gw.keys["acme"].encode(), len(body), body)
+        )
+        await writer.drain()
+        seen = b""
+        async with asyncio.timeout(5):
+            while b"Hello" not in seen:
+                seen += await reader.read(4096)
+        writer.close()
+        return seen
+
+    assert b"Hello" in loop_thread.run(leave_after_the_first_event())
+    deadline = time.monotonic() + 3
+    while scripted.peer_closed == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert scripted.peer_closed == 1, "the backend's connection outlived the client's"
+    assert scripted.requests == 1 and gw.sims["good"].stats()["requests"] == 0

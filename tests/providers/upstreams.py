@@ -280,6 +280,7 @@ def kinds(*, pending: Mapping[str, str] | None = None, omit: Mapping[str, str] |
     left_out = {**(omit or {}), **({} if os.environ.get(RUN_PENDING_ENV) else (pending or {}))}
     unknown = set(left_out) - set(KINDS)
     assert not unknown, f"no such provider kinds: {unknown}"
+    assert all(reason.strip() for reason in left_out.values()), "a kind is left out only with its reason"
     return pytest.mark.parametrize("provider_kind", [k for k in KINDS if k not in left_out], indirect=True)
 
 
@@ -301,6 +302,10 @@ LITELLM_STATUS_UNNAMED = (
 )
 LITELLM_ERROR_200_IS_422 = (
     "litellm reads a 200 that carries an error as a 422, the client's fault: no other backend is tried"
+)
+LITELLM_INVENTS_AN_ANSWER = (
+    "litellm turns an upstream stream that ended without a single event into a finished, empty answer "
+    "(finish_reason 'stop'), which the gateway relays and bills instead of trying another backend"
 )
 LITELLM_CONNECT_AS_TIMEOUT = (
     "litellm reports a connect timeout as kind 'timeout', so the gateway records an attempt that never "
