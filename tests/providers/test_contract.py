@@ -379,7 +379,7 @@ async def test_total_bounds_a_stream_that_keeps_going(build: Build, scripted: Sc
     provider = build(total=0.6)
     started = time.monotonic()
     events, error = await run_stream(provider, chat(provider, stream=True))
-    assert 2 <= len(events) <= 7 and error is not None and error.kind == "timeout"
+    assert 1 <= len(events) < 20 and error is not None and error.kind == "timeout"  # of 60 events
     assert time.monotonic() - started < 0.6 + SLACK
     assert await until(lambda: scripted.peer_closed == 1)
 

@@ -32,6 +32,7 @@ MODEL = "m1"  # the public model name every scripted backend serves
 KEY_ENV = "FEDROUTER_CONTRACT_UPSTREAM_KEY"  # the upstream key, given by reference as config requires
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
 DONE = b"data: [DONE]\n\n"
+MESSAGES = [{"role": "user", "content": "hello"}]
 
 
 # -- the bytes a script is made of ----------------------------------------------------------------
@@ -179,7 +180,7 @@ class Scripted:
 @contextlib.contextmanager
 def unanswered_port(*, listen: bool) -> Iterator[int]:
     """A loopback port where connecting fails at once (``listen=False``: nothing listens) or
-    hangs (``listen=True``: a listener whose accept queue is full, so the kernel drops new SYNs)."""
+    hangs (``listen=True``: a listener whose accept queue is full, so Linux drops new SYNs)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -246,8 +247,6 @@ class Kind:
             payload |= {"stream": True, "stream_options": {"include_usage": True}}
         return UpstreamRequest("chat/completions", payload, orjson.dumps(payload))
 
-
-MESSAGES = [{"role": "user", "content": "hello"}]
 
 # Adding a provider kind to providers.registry means adding its line here (a test checks it).
 KINDS: Mapping[str, Kind] = {
