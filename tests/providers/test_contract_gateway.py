@@ -33,6 +33,7 @@ from tests.providers.upstreams import (
     chunk_event,
     json_answer,
     kinds,
+    warm_up,
 )
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -41,6 +42,13 @@ MSG = [{"role": "user", "content": "hello"}]
 READ_IN_CONTRACT = "its reading of these bytes is tested in test_contract.py; the gateway's part is kind-blind"
 # litellm's first call imports a module whose pydantic TypedDicts warn about ``ReadOnly``; that only.
 pytestmark = pytest.mark.filterwarnings("ignore:Items? .* (is|are) using the `ReadOnly` qualifier:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_kinds(loop_thread) -> None:
+    """Every kind's first call made before the cases set their deadlines (the gateways run in
+    this process, so what a first call imports is imported for them too)."""
+    loop_thread.run(warm_up(), timeout=60)
 
 
 def _gateway(kind: Kind, scripted: Scripted, start_sim_backend, start_gateway, **timeouts: float):

@@ -265,6 +265,25 @@ KINDS: Mapping[str, Kind] = {
 PARSERS = frozenset(name for name, kind in KINDS.items() if not kind.relays)  # kinds that rebuild what they read
 
 
+async def warm_up() -> None:
+    """An answer and a stream from every kind: a kind's first call may spend seconds importing
+    (litellm's does), which would eat into the deadlines of whichever case came first."""
+    upstream = Scripted()
+    server = await upstream.start()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KEY_ENV, "sk-warm-up")
+        for kind in KINDS.values():
+            provider = kind.build(upstream.base_url)
+            upstream.steps = [json_answer(ANSWER)]
+            await provider.complete(kind.request(provider))
+            upstream.steps = [SSE_HEAD, chunk_event("Hi", finish="stop"), DONE]
+            stream = await provider.stream(kind.request(provider, stream=True))
+            assert [event async for event in stream]
+            await stream.aclose()
+            await provider.close()
+    await upstream.stop(server)
+
+
 # -- cases a kind is left out of, each with its reason --------------------------------------------
 
 # Set to run the cases left out for a provider defect not fixed yet (they fail until it is).
