@@ -29,7 +29,8 @@ import pytest
 
 from router.sim.backend import SimBackend, SimBehavior, start_sim
 from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
-from tests.providers.test_upstream_faults import ANSWER, MSG, SSE_HEAD, Scripted, Step, chunk_event, json_answer
+from tests.providers.upstreams import ANSWER, SSE_HEAD, Scripted, Step, chunk_event, json_answer
+from tests.providers.upstreams import MESSAGES as MSG
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,7 +38,7 @@ ADMIN_KEY = "hostile-suite-admin-key-0123456789"
 RSS_LIMIT_KB = 300 * 1024
 P99_LIMIT_S = 0.1
 # A kept-alive answer (no connection: close), so that the gateway reuses its connection.
-KEPT_ALIVE = json_answer(ANSWER).replace(b"connection: close\r\n", b"")
+KEPT_ALIVE = json_answer(ANSWER, keep_alive=True)
 STRAY = json_answer({**ANSWER, "id": "stray"}).replace(b"Hello there", b"STRAY BYTES")
 
 
