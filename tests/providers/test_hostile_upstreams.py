@@ -232,6 +232,18 @@ def _text(events: list[dict[str, Any]]) -> str:
     return "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
 
 
+def _held(watch: Watch) -> None:
+    """The other client was served throughout, and the gateway's memory stayed bounded."""
+    # Seen with pytest -s: the figures each attack left (the limits are asserted below).
+    print(
+        f"RSS max {max(watch.rss_kb) // 1024} MB, /healthz p99 {watch.p99() * 1000:.1f} ms over {len(watch.latencies)}"
+    )
+    assert not watch.failures, watch.failures[:3]
+    assert len(watch.latencies) >= 20
+    assert max(watch.rss_kb) < RSS_LIMIT_KB, f"RSS reached {max(watch.rss_kb) // 1024} MB"
+    assert watch.p99() < P99_LIMIT_S, f"p99 of /healthz was {watch.p99() * 1000:.0f} ms; slowest {watch.slowest()}"
+
+
 def _attack(gw: Gateway, steps: list[Step], body: dict[str, Any], *, twice: bool = False) -> list[httpx.Response]:
     """Serve ``steps`` from the hostile backend while ``body`` is asked for (twice: one after the
     other, as a client reusing the gateway would); the watch's limits are checked here."""
@@ -242,14 +254,7 @@ def _attack(gw: Gateway, steps: list[Step], body: dict[str, Any], *, twice: bool
         time.sleep(0.05)  # a baseline before the attack
         answers = [gw.post(body) for _ in range(2 if twice else 1)]
         time.sleep(0.3)  # the attack may go on after the answer: watch it a while longer
-    # Seen with pytest -s: the figures each attack left (the limits are asserted below).
-    print(
-        f"RSS max {max(watch.rss_kb) // 1024} MB, /healthz p99 {watch.p99() * 1000:.1f} ms over {len(watch.latencies)}"
-    )
-    assert not watch.failures, watch.failures[:3]
-    assert len(watch.latencies) >= 20
-    assert max(watch.rss_kb) < RSS_LIMIT_KB, f"RSS reached {max(watch.rss_kb) // 1024} MB"
-    assert watch.p99() < P99_LIMIT_S, f"p99 of /healthz was {watch.p99() * 1000:.0f} ms; slowest {watch.slowest()}"
+    _held(watch)
     good = gw.backends()["good"]
     assert (good["failures"], good["ejected"]) == (before, False)
     return answers
@@ -342,13 +347,14 @@ def test_the_gateways_own_overload_is_never_the_backends_failure(gateway: Gatewa
     """``narrow`` allows one connection; a second request waits ``timeouts.connect`` for it and
     gets 503 (retry: true), and the backend is neither failed nor ejected."""
     body = {"model": "m3", "messages": MSG, "max_tokens": 4}
-    with watched(gateway):
+    with watched(gateway) as watch:
         results: list[httpx.Response] = []
         holder = threading.Thread(target=lambda: results.append(gateway.post(body)))
         holder.start()
         time.sleep(0.3)
         refused = gateway.post(body)
         holder.join(10)
+    _held(watch)
     assert results[0].status_code == 200
     assert refused.status_code == 503 and refused.headers["x-should-retry"] == "true", refused.text
     error = refused.json()["error"]
