@@ -16,7 +16,8 @@ import uvloop
 
 from router.app import create_app
 from router.config import parse_config
-from router.http.server import Server, bind
+from router.http.server import Server
+from router.http.workers import bind
 from router.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
