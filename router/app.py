@@ -122,7 +122,7 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
         max_body_bytes=config.limits.max_body_bytes,
         totals={b.name: b.timeouts.total for b in config.backends},
     )
-    entry = Entry(gateway, config.limits.max_concurrency, None)
+    entry = Entry(gateway, config.limits.max_concurrency, config.limits.write_stall_s)
 
     # No redirect for a trailing slash: Starlette's would send the client to its own Host header.
     app = GatewayApp(

@@ -18,6 +18,7 @@ import httptools
 from providers.flow_control import FlowControl
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest
 from router.http.send import whole_answer
+from router.http.shedding import TOO_MANY_CONNECTIONS
 
 if TYPE_CHECKING:
     from router.http.server import Server
@@ -28,6 +29,7 @@ _MAX_HEAD = 64 * 1024  # request line and headers; the body has its own, configu
 # the refusal before the client has read it.
 _LINGER_S = 2.0
 _LINGER_BYTES = 16 * 1024 * 1024
+_TURN_AWAY_LINGER_S = 0.2  # shorter for a connection over the cap: it holds a file descriptor meanwhile
 
 
 class _HeadTooLarge(Exception):
@@ -36,6 +38,10 @@ class _HeadTooLarge(Exception):
 
 class _BodyTooLarge(Exception):
     """A Content-Length over the limit: refused at once, rather than after the whole body."""
+
+
+class _OldVersion(Exception):
+    """HTTP/0.9, which has no head to carry a status: refused, never answered as if it were 1.x."""
 
 
 class Request:
@@ -87,12 +93,37 @@ class Connection(asyncio.Protocol):
         self.refusal: GatewayError | None = None  # owed once the answers before it are written
         self.lingering = 0  # bytes still to drop after a refusal, before closing
         self.answering: asyncio.Task[None] | None = None  # the request being answered, until its answer begins
+        # The request being read: since when its head (then its body) has been coming, for the
+        # server's read deadlines, and its raw bytes, whitespace and chunk framing included,
+        # which the parser's callbacks do not show.
+        self.in_message = False
+        self.in_head = False
+        self.since = 0.0
+        self.raw = 0
+        self.owe_continue = False  # a 100 Continue for the request being read, once its turn comes
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if len(self.server.connections) >= self.server.max_connections:
+            self._turn_away()
+            return
         self.server.connections.add(self)
+
+    def _turn_away(self) -> None:
+        """A connection beyond the cap: 503 at once, then closed, reading (and dropping) what the
+        client sends meanwhile so that the close does not reset the answer away."""
+        transport = self.transport
+        assert transport is not None
+        answer = TOO_MANY_CONNECTIONS
+        line = self.server.status_line(answer.status)
+        transport.write(whole_answer(line, answer.headers, answer.body, keep_alive=False, request_id=None))
+        self.reading = False
+        self.lingering = _LINGER_BYTES
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(_TURN_AWAY_LINGER_S, transport.close)
 
     def data_received(self, data: bytes) -> None:
         self.active = self.server.now
@@ -101,6 +132,11 @@ class Connection(asyncio.Protocol):
             if self.lingering <= 0 and self.transport is not None:
                 self.transport.close()
             return
+        if self.in_message:
+            self.raw += len(data)
+            if self.raw > (_MAX_HEAD if self.in_head else self.server.max_body + _MAX_HEAD):
+                self._refuse(self._oversized())
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -111,6 +147,8 @@ class Connection(asyncio.Protocol):
                 self._refuse(_refusal(431, str(cause)))
             elif isinstance(cause, _BodyTooLarge):
                 self._refuse(BodyTooLarge(str(cause)))
+            elif isinstance(cause, _OldVersion):
+                self._refuse(_refusal(505, str(cause)))
             else:
                 self._refuse(_refusal(400, f"Malformed HTTP request: {exc}."))
         except httptools.HttpParserError as exc:
@@ -139,6 +177,9 @@ class Connection(asyncio.Protocol):
         self.body = []
         self.size = 0
         self.head_size = 0
+        self.in_message = self.in_head = True
+        self.since = self.server.now
+        self.raw = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -155,6 +196,10 @@ class Connection(asyncio.Protocol):
             raise _HeadTooLarge(f"The request line and headers exceed {_MAX_HEAD} bytes.")
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.since = self.server.now  # the body's deadline runs from here
+        if self.parser.get_http_version() == "0.9":
+            raise _OldVersion("HTTP/0.9 is not supported.")
         max_body = self.server.max_body
         for name, value in self.headers:
             if name == b"content-length" and value.isdigit() and int(value) > max_body:
@@ -162,9 +207,12 @@ class Connection(asyncio.Protocol):
                 # earlier requests), and the connection closes. No 100 Continue invites it.
                 raise _BodyTooLarge(f"Request body exceeds the limit of {max_body} bytes.")
         for name, value in self.headers:
-            if name == b"expect" and value.lower() == b"100-continue" and self.transport is not None:
+            if name == b"expect" and value.lower() == b"100-continue" and self.parser.get_http_version() != "1.0":
                 # curl, among others, waits a second for this before sending a body over 1 KB.
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                # Only to the request being read: written while an earlier answer is going out,
+                # it would land inside that answer. That one's end sends it (see _run).
+                self.owe_continue = True
+                self._continue()
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
@@ -174,6 +222,7 @@ class Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_message = self.owe_continue = False
         if self.parser.should_upgrade():
             return  # refused, not served: the parser stops here and data_received refuses it
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
@@ -212,13 +261,40 @@ class Connection(asyncio.Protocol):
             return
         if not request.keep_alive:
             self.transport.close()
-        elif self.pending:
+            return
+        self._continue()
+        if self.pending:
             self._next()
         elif self.refusal is not None:
             self._send_refusal()
         elif not self.reading:
             self.reading = True
+            self.since = self.server.now  # a request read in part before the pause gets its time afresh
             self.transport.resume_reading()
+
+    def _continue(self) -> None:
+        """The 100 Continue owed to the request being read, once no answer is owed before it."""
+        if self.owe_continue and self.task is None and not self.pending and self.transport is not None:
+            self.owe_continue = False
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _oversized(self) -> GatewayError:
+        if self.in_head:
+            return _refusal(431, f"The request line and headers exceed {_MAX_HEAD} bytes.")
+        return BodyTooLarge(f"Request body exceeds the limit of {self.server.max_body} bytes.")
+
+    def late(self, now: float) -> bool:
+        """Refuse (408) a request whose head or body is taking longer than the server allows."""
+        if not self.in_message or not self.reading or self.refusal is not None:
+            return False
+        allowed = self.server.head_timeout_s if self.in_head else self.server.body_timeout_s
+        if now - self.since <= allowed:
+            return False
+        part = "headers" if self.in_head else "body"
+        err = _refusal(408, f"The request {part} did not arrive within {allowed:g} s.")
+        err.should_retry = True
+        self._refuse(err)
+        return True
 
     def _refuse(self, err: GatewayError) -> None:
         """Refuse what cannot be parsed or is too large, after the answers owed to the requests

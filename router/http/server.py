@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -36,6 +37,10 @@ class Server:
         self.entry: Entry = app.state.entry
         self.max_body: int = self.entry.max_body
         self.write_stall_s: float | None = self.entry.write_stall_s
+        limits = app.state.config.limits
+        self.head_timeout_s: float = limits.head_timeout_s
+        self.body_timeout_s: float = limits.body_timeout_s
+        self.max_connections: int = connection_cap(limits.max_connections)
         self.grace_s = grace_s
         self.connections: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # the serving loop, set by serve()
@@ -52,9 +57,12 @@ class Server:
         self.status_line.date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
         self.now = now = self.loop.time()
         for conn in list(self.connections):
+            if conn.late(now):
+                continue  # refused (408); it closes once the answers owed before it are out
             if conn.task is None and now - conn.active > self.idle_s and conn.transport is not None:
                 conn.transport.close()
-        self._timer = self.loop.call_later(min(1.0, self.idle_s / 2), self._tick)
+        every = min(1.0, self.idle_s / 2, self.head_timeout_s / 2, self.body_timeout_s / 2)
+        self._timer = self.loop.call_later(every, self._tick)
 
     async def serve(
         self, sock: socket.socket, on_ready: Callable[[], None] | None = None, *, signals: bool = False
@@ -182,6 +190,16 @@ class Server:
         elif not conn.lost:
             request.keep_alive = False  # it stopped reading, or outlasted its time: the answer is cut short
             conn.abort()
+
+
+def connection_cap(configured: int) -> int:
+    """``limits.max_connections``, kept under half the open-file limit: the other half is for the
+    backends' connections, the ledger and the state store, so that a flood of clients cannot
+    make the gateway fail its own work for lack of descriptors."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, soft // 2))
 
 
 async def _end_stream(send: StreamSend, event: bytes | None) -> None:

@@ -21,6 +21,12 @@ _HEADERS = [
     (b"x-should-retry", b"true"),
 ]
 REFUSAL = Answer(503, _HEADERS, _BODY)
+#: The answer to a connection beyond ``limits.max_connections``, which is then closed.
+TOO_MANY_CONNECTIONS = Answer(
+    503,
+    _HEADERS,
+    error_body("The gateway has too many open connections; retry shortly.", "server_error", None, "overloaded"),
+)
 
 
 class LoadShedder:
