@@ -70,7 +70,9 @@ async def _on_validation_error(_: Request, exc: Exception) -> Response:
 
 async def _on_unexpected(_: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
-    return answer_response(SERVER_ERROR_ANSWER)
+    response = answer_response(SERVER_ERROR_ANSWER)
+    response.raw_headers.append((b"connection", b"close"))  # whatever failed may have left the exchange unsound
+    return response
 
 
 def _front(inner: ASGIApp, entry: Entry) -> ASGIApp:

@@ -89,6 +89,8 @@ class StreamSend:
     def begin(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         request = self.request
         names = {name.lower() for name, _ in headers}
+        if b"connection" in names:  # the app's own (a 500's close): the server does as it says
+            request.keep_alive = request.keep_alive and (b"connection", b"close") not in headers
         self.chunked = b"content-length" not in names and status not in (204, 304)
         if self.chunked and not request.http11:
             # HTTP/1.0 knows no chunks: the body runs to the end of the connection.
@@ -100,7 +102,9 @@ class StreamSend:
             parts += (b"x-request-id: ", self.request_id, b"\r\n")
         if self.chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
-        if not request.keep_alive:
+        if b"connection" in names:
+            pass
+        elif not request.keep_alive:
             parts.append(b"connection: close\r\n")
         elif not request.http11:
             parts.append(b"connection: keep-alive\r\n")

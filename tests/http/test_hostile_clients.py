@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+from starlette.responses import StreamingResponse
 
 from tests.cli.test_cli import _free_port, _run, _stop, _wait_ready
 from tests.conftest import Gateway, Sim, backend_entry
@@ -246,3 +247,101 @@ def test_http_1_0_gets_no_continue(sim: Sim, start_gateway: Callable[..., Gatewa
         wire.sock.settimeout(5)
         wire.send(body)
         assert wire.answer().json()["object"] == "chat.completion"
+
+
+# smaller edge defects
+
+
+@pytest.fixture
+def faulty(sim: Sim, start_gateway: Callable[..., Gateway]) -> Gateway:
+    """A gateway whose app has two routes that fail: before their answer, and halfway through it."""
+    gw = start_gateway([backend_entry(sim)])
+
+    async def before() -> None:
+        raise RuntimeError("a fault before the answer")
+
+    async def halfway() -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            yield b"first part"
+            raise RuntimeError("a fault halfway through the answer")
+
+        return StreamingResponse(parts())
+
+    gw.app.add_api_route("/faulty/before", before)
+    gw.app.add_api_route("/faulty/halfway", halfway)
+    return gw
+
+
+def test_a_500_closes_the_connection(faulty: Gateway) -> None:
+    with Wire(faulty.port) as wire:
+        wire.send(request("GET", "/faulty/before") + request("GET", "/healthz"))
+        answer = wire.answer()
+        assert assert_openai_error(answer, 500)["type"] == "server_error"
+        assert answer.headers["connection"] == "close"
+        assert wire.closed_by_server(), "the pipelined request after a 500 must not be answered"
+
+
+def test_a_fault_after_the_answer_began_aborts_the_connection(faulty: Gateway) -> None:
+    with Wire(faulty.port) as wire:
+        wire.send(request("GET", "/faulty/halfway") + request("GET", "/healthz"))
+        status, headers = wire.head()
+        assert status == 200 and headers["transfer-encoding"] == "chunked"
+        assert wire.chunk() == b"first part"
+        with pytest.raises(ConnectionError):
+            wire.chunk()  # no terminator, and no next answer read as this one's end
+
+
+def test_head_on_a_get_route_is_answered_without_a_body(sim: Sim, start_gateway: Callable[..., Gateway]) -> None:
+    gw = start_gateway([backend_entry(sim)])
+    with Wire(gw.port) as wire:
+        wire.send(request("HEAD", "/healthz") + request("GET", "/healthz"))
+        head = wire.answer(head_only=True)
+        assert head.status == 200 and int(head.headers["content-length"]) == len(b'{"status":"ok"}')
+        assert wire.answer().json() == {"status": "ok"}  # no body byte came between the two
+
+
+def test_http_1_0_keep_alive_is_said_when_honoured(sim: Sim, start_gateway: Callable[..., Gateway]) -> None:
+    gw = start_gateway([backend_entry(sim)])
+    with Wire(gw.port) as wire:
+        for data in (
+            request("GET", "/healthz", headers={"connection": "keep-alive"}, version="HTTP/1.0"),
+            chat(gw, 1, extra={"connection": "keep-alive"}, version="HTTP/1.0"),
+        ):
+            wire.send(data)
+            answer = wire.answer()
+            assert answer.status == 200 and answer.headers["connection"] == "keep-alive"
+        wire.send(request("GET", "/healthz", version="HTTP/1.0"))
+        assert wire.answer().headers["connection"] == "close"
+        assert wire.closed_by_server()
+
+
+def test_http_0_9_is_refused_not_answered(sim: Sim, start_gateway: Callable[..., Gateway]) -> None:
+    gw = start_gateway([backend_entry(sim)])
+    with Wire(gw.port) as wire:
+        wire.send(b"GET /healthz\r\n\r\n")
+        answer = wire.answer()
+        assert assert_openai_error(answer, 505)["message"] == "HTTP/0.9 is not supported."
+        assert b"status" not in answer.body and wire.closed_by_server()
+
+
+def test_whitespace_and_chunk_extensions_count_against_the_limits(
+    sim: Sim, start_gateway: Callable[..., Gateway]
+) -> None:
+    gw = start_gateway([backend_entry(sim)], limits={"max_body_bytes": 1000})
+    with Wire(gw.port) as wire:
+        wire.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad:")
+        for _ in range(3):  # whitespace the parser skips, in reads of their own (the count runs per read)
+            time.sleep(0.05)
+            wire.send(b" " * 30_000)
+        wire.send(b"p\r\n\r\n")
+        assert assert_openai_error(wire.answer(), 431)["message"].startswith("The request line and headers exceed")
+        assert wire.closed_by_server()
+    head = request("POST", "/v1/chat/completions", headers={**gw.auth(), "transfer-encoding": "chunked"})
+    with Wire(gw.port) as wire:
+        wire.send(head.replace(b"content-length: 0\r\n", b""))
+        wire.send(b"1;ext=")
+        for _ in range(8):  # a chunk whose extension never ends: no body byte, all framing
+            time.sleep(0.05)
+            with contextlib.suppress(OSError):
+                wire.send(b"e" * 10_000)
+        assert assert_openai_error(wire.answer(), 413)["code"] == "request_too_large"
