@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from providers.flow_control import WriteStalled
 from router.http.entry import SERVER_ERROR_ANSWER, decoded_path
 from router.http.send import StreamSend
 
@@ -60,11 +61,12 @@ async def run_asgi(app: GatewayApp, conn: Connection, request: Request, path: by
     send = StreamSend(conn, request, None)
     try:
         await app(scope_of(conn, request, path, query), Receive(conn, request.body), send)
-    except OSError:
-        return  # the client left
-    except Exception:
-        log.exception("unhandled error serving %s", request.url.decode("latin-1"))
+    except Exception as exc:
         request.keep_alive = False  # whatever was sent, the connection ends with this answer
+        if conn.lost or isinstance(exc, WriteStalled):  # the client left, or stopped reading
+            conn.abort()
+            return
+        log.exception("unhandled error serving %s", request.url.decode("latin-1"))
         if not send.started:
             _server_error(conn)
         elif not send.ended:

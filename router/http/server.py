@@ -203,7 +203,12 @@ def connection_cap(configured: int) -> int:
 
 
 async def _end_stream(send: StreamSend, event: bytes | None) -> None:
-    with contextlib.suppress(OSError, TimeoutError):  # the client has gone, or stopped reading
+    """End a begun stream with ``event``; a client that has gone or stops reading meanwhile gets
+    its connection aborted, never a next answer after a stream left unfinished."""
+    try:
         if event is not None:
             await send.chunk(event)
         await send.finish()
+    except OSError:  # WriteStalled included: a TimeoutError
+        send.request.keep_alive = False
+        send.conn.abort()

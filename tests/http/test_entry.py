@@ -1,5 +1,6 @@
-"""The one inference entry: a percent-encoded inference path is the same route (shed by the same
-shedder), and inference served through an ASGI server cancels its upstream when the client leaves."""
+"""The one inference entry under another ASGI server: inference cancels its upstream when the
+client leaves. (A percent-encoded inference path is the same route, shed by the same shedder:
+tests/http/test_hostile_clients.py.)"""
 
 from __future__ import annotations
 
@@ -13,42 +14,11 @@ import pytest
 from router.app import create_app
 from router.config import parse_config
 from router.settings import Settings
-from tests.conftest import Gateway, Sim, backend_entry
-from tests.http.test_server import Wire, assert_openai_error, chat, request
+from tests.conftest import Sim, backend_entry
+from tests.http.test_server import request
 from tests.servers import ADMIN_KEY, start_uvicorn, wait_for
 
 pytestmark = pytest.mark.timeout(20)
-
-
-def _encoded(data: bytes) -> bytes:
-    return data.replace(b"POST /v1/chat/completions ", b"POST /v1/chat%2Fcompletions ", 1)
-
-
-def test_a_percent_encoded_inference_path_is_shed_like_the_plain_one(
-    start_sim_backend: Callable[..., Sim], start_gateway: Callable[..., Gateway]
-) -> None:
-    slow = start_sim_backend("slowgen", tokens_per_s=10.0)
-    gw = start_gateway([backend_entry(slow)], limits={"max_concurrency": 1})
-    with Wire(gw.port) as held, Wire(gw.port) as other:
-        held.send(chat(gw, 10, stream=True))  # about a second: it holds the one place
-        assert held.head()[0] == 200
-        other.send(_encoded(chat(gw, 1)))
-        refused = other.answer()
-        assert assert_openai_error(refused, 503)["code"] == "overloaded"
-        assert refused.headers["x-should-retry"] == "true" and refused.headers["retry-after"] == "1"
-        pieces = []
-        while piece := held.chunk():
-            pieces.append(piece)
-        assert pieces[-1] == b"data: [DONE]\n\n"
-
-    def served() -> bool:
-        with Wire(gw.port) as wire:
-            wire.send(_encoded(chat(gw, 2)))
-            answer = wire.answer()
-            return answer.status == 200 and answer.json()["usage"]["completion_tokens"] == 2
-
-    assert wait_for(served), "once the place is free the encoded path is served, as the same route"
-    assert slow.stats()["requests"] == 2
 
 
 def test_inference_under_uvicorn_cancels_its_upstream_when_the_client_leaves(

@@ -209,6 +209,40 @@ def test_a_flood_at_256_descriptors_is_refused_and_the_backend_kept(fd_config: t
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
 
 
+# a percent-encoded inference path
+
+
+def _encoded(data: bytes) -> bytes:
+    return data.replace(b"POST /v1/chat/completions ", b"POST /v1/chat%2Fcompletions ", 1)
+
+
+def test_a_percent_encoded_inference_path_is_shed_like_the_plain_one(
+    start_sim_backend: Callable[..., Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    slow = start_sim_backend("slowgen", tokens_per_s=10.0)
+    gw = start_gateway([backend_entry(slow)], limits={"max_concurrency": 1})
+    with Wire(gw.port) as held, Wire(gw.port) as other:
+        held.send(chat(gw, 10, stream=True))  # about a second: it holds the one place
+        assert held.head()[0] == 200
+        other.send(_encoded(chat(gw, 1)))
+        refused = other.answer()
+        assert assert_openai_error(refused, 503)["code"] == "overloaded"
+        assert refused.headers["x-should-retry"] == "true" and refused.headers["retry-after"] == "1"
+        pieces = []
+        while piece := held.chunk():
+            pieces.append(piece)
+        assert pieces[-1] == b"data: [DONE]\n\n"
+
+    def served() -> bool:
+        with Wire(gw.port) as wire:
+            wire.send(_encoded(chat(gw, 2)))
+            answer = wire.answer()
+            return answer.status == 200 and answer.json()["usage"]["completion_tokens"] == 2
+
+    assert wait_for(served), "once the place is free the encoded path is served, as the same route"
+    assert slow.stats()["requests"] == 2
+
+
 # pipelined Expect
 
 
