@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 
+import httpx
 import orjson
 import pytest
 
@@ -45,6 +46,43 @@ def test_inference_under_uvicorn_cancels_its_upstream_when_the_client_leaves(
         assert wait_for(lambda: sim.stats()["cancelled_streams"] == 1, 2.0)
         assert time.monotonic() - left < 2.5
         assert sim.stats()["completed"] == 0
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_an_unread_stream_under_uvicorn_is_ended_at_its_backends_total(
+    start_sim_backend: Callable[..., Sim],
+) -> None:
+    """Another ASGI server shows no write deadline to the app, but the backend's timeouts.total
+    still bounds the relay: the stream is ended, the backend's stream cancelled, and the tokens
+    so far billed as a disconnect."""
+    sim = start_sim_backend("uvfast", reply="word " * 400)
+    app = create_app(
+        parse_config({"backends": [backend_entry(sim, timeouts={"total": 2.0})], "tenants": [{"name": "acme"}]}),
+        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
+    )
+    key = app.state.keys.create("acme")[0]
+    server, thread, port = start_uvicorn(app)
+    try:
+        body = orjson.dumps(
+            {"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 60000, "stream": True}
+        )
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(request("POST", "/v1/chat/completions", body, {"authorization": f"Bearer {key}"}))
+            started = time.monotonic()
+            assert wait_for(lambda: sim.stats()["cancelled_streams"] == 1, 6.0), "the relay was never ended"
+            assert 1.5 < time.monotonic() - started < 5.0
+        admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+        def rows() -> list[dict[str, object]]:
+            return httpx.get(f"http://127.0.0.1:{port}/admin/v1/usage", headers=admin, timeout=5).json()["recent"]
+
+        recent = wait_for(rows)
+        assert len(recent) == 1 and recent[0]["outcome"] == "client_disconnected"
+        assert 0 < recent[0]["output_tokens"] < 60000  # type: ignore[operator]
     finally:
         server.should_exit = True
         thread.join(10)
