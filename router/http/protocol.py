@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from providers.flow_control import FlowControl
+from providers.flow_control import FlowControl, WriteStalled
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest
 from router.http.send import whole_answer
 from router.http.shedding import TOO_MANY_CONNECTIONS
@@ -256,6 +256,14 @@ class Connection(asyncio.Protocol):
             pass  # the server is stopping
         except Exception:
             self.server.log_fault(request)
+        if self.flow.paused and not self.lost:
+            # Whole answers are written without waiting; a client that pipelines requests and
+            # reads none of the answers would otherwise make them pile up here without bound.
+            try:
+                await self.flow.drain(self.server.write_stall_s)
+            except WriteStalled:
+                request.keep_alive = False
+                self.abort()
         self.task = None
         if self.lost or self.transport is None:
             return

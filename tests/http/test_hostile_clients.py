@@ -116,6 +116,31 @@ def test_an_unread_stream_is_ended_freed_and_billed(
     assert 0 < rows[0]["output_tokens"] < 60000, "the tokens generated so far are billed"
 
 
+def test_pipelined_answers_nobody_reads_do_not_pile_up(
+    start_sim_backend: Callable[..., Sim], start_gateway: Callable[..., Gateway]
+) -> None:
+    sim = start_sim_backend("wordy", reply="word " * 1000)
+    gw = start_gateway([backend_entry(sim)], limits={"write_stall_s": 1.0})
+    with _unread(gw.port) as sock, Wire(gw.port) as other:
+        sock.settimeout(3)
+        ask = chat(gw, 1000)
+        with contextlib.suppress(OSError):  # the gateway stops reading, then gives up on this client
+            for _ in range(3000):  # about 18 MB of answers, more than socket buffers hold
+                sock.sendall(ask)
+        _served(gw, other)
+        # The gateway stops reading (and answering) this client once its answers are not being
+        # read, and ends the connection once they have stalled for write_stall_s.
+        answered = wait_for(lambda: sim.stats()["requests"] > 0 and sim.stats()["completed"], 2.0)
+        time.sleep(2.5)
+        settled = sim.stats()["completed"]
+        assert settled < 3000 and answered <= settled
+        _served(gw, other)
+        with pytest.raises(ConnectionResetError):
+            for _ in range(1000):
+                if not sock.recv(65536):
+                    raise ConnectionResetError("closed")
+
+
 # connection floods
 
 
