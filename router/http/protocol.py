@@ -101,6 +101,7 @@ class Connection(asyncio.Protocol):
         self.since = 0.0
         self.raw = 0
         self.owe_continue = False  # a 100 Continue for the request being read, once its turn comes
+        self.fresh = False  # the request being read began in this read, at its first byte
 
     # asyncio.Protocol
 
@@ -132,11 +133,24 @@ class Connection(asyncio.Protocol):
             if self.lingering <= 0 and self.transport is not None:
                 self.transport.close()
             return
-        if self.in_message:
-            self.raw += len(data)
-            if self.raw > (_MAX_HEAD if self.in_head else self.server.max_body + _MAX_HEAD):
-                self._refuse(self._oversized())
-                return
+        if self.in_message and self._over(len(data)):
+            return
+        # A request that begins in a read that began between requests starts at its first byte,
+        # so all of the read is its head's if the head is still unfinished at the end of it.
+        self.fresh = not self.in_message
+        self._feed(data)
+        if self.fresh and self.in_head and self.refusal is None:
+            self._over(len(data))
+
+    def _over(self, n: int) -> bool:
+        """Count ``n`` raw bytes of the request being read; refuse it if they are over its limit."""
+        self.raw += n
+        if self.raw <= (_MAX_HEAD if self.in_head else self.server.max_body + _MAX_HEAD):
+            return False
+        self._refuse(self._oversized())
+        return True
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -222,7 +236,7 @@ class Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.in_message = self.owe_continue = False
+        self.in_message = self.owe_continue = self.fresh = False
         if self.parser.should_upgrade():
             return  # refused, not served: the parser stops here and data_received refuses it
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)

@@ -395,6 +395,9 @@ def test_whitespace_and_chunk_extensions_count_against_the_limits(
         wire.send(b"p\r\n\r\n")
         assert assert_openai_error(wire.answer(), 431)["message"].startswith("The request line and headers exceed")
         assert wire.closed_by_server()
+    with Wire(gw.port) as wire:  # in one go
+        wire.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad:" + b" " * 70_000)
+        assert assert_openai_error(wire.answer(), 431)["message"].startswith("The request line and headers exceed")
     head = request("POST", "/v1/chat/completions", headers={**gw.auth(), "transfer-encoding": "chunked"})
     with Wire(gw.port) as wire:
         wire.send(head.replace(b"content-length: 0\r\n", b""))
