@@ -123,17 +123,18 @@ class Server:
         if endpoint is None:
             await run_asgi(self.app, conn, request, path, query)
             return
-        rid = self.entry.ids().encode()
+        request_id = self.entry.ids()
+        rid = request_id.encode()
         shedder = self.entry.shedder
         if not shedder.admit():
             self._write(conn, request, REFUSAL, rid)
             return
         try:
-            await self._inference(conn, request, endpoint, rid)
+            await self._inference(conn, request, endpoint, request_id, rid)
         finally:
             shedder.leave()
 
-    async def _inference(self, conn: Connection, request: Request, endpoint: str, rid: bytes) -> None:
+    async def _inference(self, conn: Connection, request: Request, endpoint: str, request_id: str, rid: bytes) -> None:
         send = StreamSend(conn, request, rid)
         # A client that leaves before its answer cancels it (connection_lost), and with it the
         # upstream call; the gateway records what the backend had been given.
@@ -144,7 +145,7 @@ class Server:
                     endpoint,  # type: ignore[arg-type]
                     request.header(b"authorization"),
                     request.body,
-                    rid.decode(),
+                    request_id,
                     send.early,
                 )
             finally:
