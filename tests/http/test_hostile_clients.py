@@ -102,6 +102,8 @@ def test_an_unread_stream_is_ended_freed_and_billed(
         time.sleep(0.3)
         other.send(chat(gw, 1, extra={"authorization": gw.auth("other")["authorization"]}))
         assert assert_openai_error(other.answer(), 503)["code"] == "overloaded"  # the one place is held
+        other.send(request("GET", "/healthz"))
+        assert other.answer().status == 200  # and the gateway itself is not
 
         def freed() -> bool:
             other.send(chat(gw, 1, extra={"authorization": gw.auth("other")["authorization"]}))
@@ -279,7 +281,7 @@ def test_a_pipelined_expect_gets_its_continue_only_once_its_turn_comes(
     body = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "x" * 2000}], "max_tokens": 1})
     head = request("POST", "/v1/chat/completions", b"", {**gw.auth(), "expect": "100-continue"})
     head = head.replace(b"content-length: 0", b"content-length: " + str(len(body)).encode())
-    with Wire(gw.port) as wire:
+    with Wire(gw.port) as wire, Wire(gw.port) as other:
         wire.send(chat(gw, 5, stream=True) + head)  # the second waits for its Continue
         status, _ = wire.head()
         assert status == 200
@@ -287,6 +289,7 @@ def test_a_pipelined_expect_gets_its_continue_only_once_its_turn_comes(
         while piece := wire.chunk():  # nothing but events inside the stream's chunks
             assert piece.startswith(b"data: "), piece
             pieces.append(piece)
+            _served(gw, other)
         assert pieces[-1] == DONE
         assert wire.read_until(b"\r\n\r\n") == b"HTTP/1.1 100 Continue"
         wire.send(body)
