@@ -8,7 +8,6 @@ on the *decoded* path; so are the request ids, the shedder, and what each failur
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import secrets
@@ -66,8 +65,8 @@ def failure(exc: BaseException, where: str) -> Answer | None:
     never counted against a backend, since only dispatch counts those, and it has none here."""
     if isinstance(exc, GatewayError):
         return error_answer(exc)
-    if isinstance(exc, (ClientGone, ConnectionError, asyncio.CancelledError)):
-        return None
+    if isinstance(exc, ClientGone):
+        return None  # not any ConnectionError: one from our own stores is a fault to answer
     log.error("unhandled error on %s", where, exc_info=exc)
     return SERVER_ERROR_ANSWER
 
