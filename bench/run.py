@@ -1,6 +1,7 @@
-"""Benchmark fedrouter against the bare upstream and a minimal Python proxy, all on loopback, in one run.
+"""Benchmark fedrouter against the bare upstream and the Python floor (bench/pyfloor.py), all on
+loopback, in one run, with the same number of workers for the floor and the gateway.
 
-Usage: ``python bench/run.py [--quick] [--out bench/results/latest.json]``. See bench/README.md.
+Usage: ``python bench/run.py [--quick] [--workers N] [--baseline TREE] [--out FILE]``. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ MODEL = "bench-model"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}
 STREAM = {**CHAT, "max_tokens": 4, "stream": True}
 STREAM_BEHAVIOR = {"ttft_s": 0.020, "tokens_per_s": 200.0}  # the slow upstream of the streaming figure
-TARGETS = ("direct", "minimal", "fedrouter", "fedrouter_nowait")
+#: The floor: the least a Python proxy can do (uvicorn + uvloop + httptools, an aiohttp client),
+#: copied from the project's shared benchmark kit; run with the gateway's worker count.
+FLOOR = "pyfloor"
+SERVERS = (FLOOR, "fedrouter", "fedrouter_nowait", "baseline")  # targets whose CPU time is measured
 # figure -> (label, limit, whether the limit is a ceiling); the targets in bench/README.md
 GOALS: dict[str, tuple[str, float, bool]] = {
-    "throughput_ratio": ("throughput c=64, fedrouter / minimal proxy", 2 / 3, False),
+    "throughput_ratio": ("throughput c=64, fedrouter / pyfloor", 2 / 3, False),
     "added_p50_ms": ("added latency p50, c=1 (ms)", 1.0, True),
     "added_p99_ms": ("added latency p99, c=1 (ms)", 3.0, True),
     "added_ttfb_p50_ms": ("added stream TTFB p50 (ms)", 1.0, True),
@@ -47,6 +51,7 @@ ROWS = (
     ("p99_ms", "latency p99, c=1 (ms)", ".3f"),
     ("ttfb_p50_ms", "stream TTFB p50 (ms)", ".2f"),
     ("ttfb_p99_ms", "stream TTFB p99 (ms)", ".2f"),
+    ("cpu_ms_per_req", "server CPU ms per request, c=64", ".3f"),
     ("failed", "failed requests", "d"),
 )
 
@@ -128,33 +133,41 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes], timeout_s: f
 
 
 def start_gateway(
-    procs: Processes, config: Path, ledger: str, durable: bool = True, keys_db: str | None = None
+    procs: Processes,
+    config: Path,
+    ledger: str,
+    *,
+    workers: int = 1,
+    durable: bool = True,
+    keys_db: str | None = None,
+    tree: Path | None = None,
+    name: str = "fedrouter",
 ) -> tuple[subprocess.Popen[bytes], int, float]:
     """Spawn ``fedrouter serve`` and return it, its port and the seconds until /healthz answered.
-    ``durable=False`` is the same gateway with responses not waiting for their ledger commit."""
+    ``durable=False`` is the same gateway with responses not waiting for their ledger commit;
+    ``tree`` runs the code of another checkout (``-P``: not the working directory's)."""
     port = free_port()
     began = time.perf_counter()
-    proc = procs.spawn(
-        "fedrouter" if durable else "fedrouter_nowait",
-        "fedrouter",
-        "serve",
-        "--config",
-        str(config),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--ledger",
-        ledger,
-        env={
-            "FEDROUTER_LEDGER_DURABLE": "true" if durable else "false",
-            **({"FEDROUTER_KEYS_DB": keys_db} if keys_db else {}),
-        },
-    )
+    env = {"FEDROUTER_LEDGER_DURABLE": "true" if durable else "false"}
+    if keys_db:
+        env["FEDROUTER_KEYS_DB"] = keys_db
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    serve = ["serve", "--config", str(config), "--host", HOST, "--port", str(port), "--workers", str(workers)]
+    cmd = [sys.executable, "-P", "-c", "from router.cli import main; main()", *serve, "--ledger", ledger]
+    proc = procs.spawn(name, *cmd, env=env)
     wait_ready(port, "/healthz", proc)
     return proc, port, time.perf_counter() - began
+
+
+def start_floor(procs: Processes, upstream: str, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+    """bench/pyfloor.py under uvicorn, as its README says to run it, with the gateway's worker count."""
+    port = free_port()
+    uvicorn = [sys.executable, "-m", "uvicorn", "pyfloor:app", "--app-dir", str(BENCH), "--loop", "uvloop"]
+    opts = ["--http", "httptools", "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
+    proc = procs.spawn(FLOOR, *uvicorn, *opts, "--host", HOST, "--port", str(port), env={"UPSTREAM": upstream})
+    wait_ready(port, "/v1/models", proc)
+    return proc, port
 
 
 def create_key(config: Path, ledger: str) -> str:
@@ -178,21 +191,45 @@ def wrk(url: str, key: str, threads: int, conns: int, seconds: int) -> dict[str,
     return result
 
 
-def rotated(i: int) -> tuple[str, ...]:
+def rotated(targets: tuple[str, ...], i: int) -> tuple[str, ...]:
     """The targets in the order of round ``i``, so that none is always first or last."""
-    k = i % len(TARGETS)
-    return TARGETS[k:] + TARGETS[:k]
+    k = i % len(targets)
+    return targets[k:] + targets[:k]
 
 
-def load_rounds(urls: dict[str, str], key: str, mode: Mode) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"c64": {t: [] for t in TARGETS}, "c1": {t: [] for t in TARGETS}}
-    for target in TARGETS:  # warm-up: connection pools, caches, the ledger's first writes
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds of ``pid`` and every live descendant (the workers of a server)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    family, total = {pid}, 0.0
+    for _ in range(4):  # parent, workers, and what the workers start
+        family |= {p for p, (ppid, _) in stats.items() if ppid in family}
+    for p in family:
+        total += stats.get(p, (0, 0.0))[1]
+    return total
+
+
+def load_rounds(
+    urls: dict[str, str], key: str, mode: Mode, pids: dict[str, int]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    targets = tuple(urls)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"c64": {t: [] for t in targets}, "c1": {t: [] for t in targets}}
+    for target in targets:  # warm-up: connection pools, caches, the ledger's first writes
         wrk(urls[target], key, 2, 64, 2)
         wrk(urls[target], key, 1, 1, 1)
     for i in range(mode.rounds):
-        for target in rotated(i):
-            runs["c64"][target].append(wrk(urls[target], key, 2, 64, mode.load_s))
-        for target in rotated(i + 1):
+        for target in rotated(targets, i):
+            before = cpu_s(pids[target]) if target in pids else 0.0
+            result = wrk(urls[target], key, 2, 64, mode.load_s)
+            if target in pids:  # CPU of the server alone, not of wrk or the upstream
+                result["cpu_ms_per_req"] = (cpu_s(pids[target]) - before) * 1000 / max(1, result["requests"])
+            runs["c64"][target].append(result)
+        for target in rotated(targets, i + 1):
             runs["c1"][target].append(wrk(urls[target], key, 1, 1, mode.latency_s))
         print(f"  round {i + 1}/{mode.rounds} done", file=sys.stderr)
     return runs
@@ -216,11 +253,12 @@ async def first_byte_s(session: aiohttp.ClientSession, url: str, body: bytes) ->
 
 async def ttfb_samples(urls: dict[str, str], key: str, n: int, warmup: int = 10) -> dict[str, list[float]]:
     """Interleaved sequential streaming requests, one keep-alive connection per target."""
-    samples: dict[str, list[float]] = {t: [] for t in TARGETS}
+    targets = tuple(urls)
+    samples: dict[str, list[float]] = {t: [] for t in targets}
     body = json.dumps(STREAM).encode()
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
         for i in range(warmup + n):
-            for target in rotated(i):
+            for target in rotated(targets, i):
                 elapsed = await first_byte_s(session, urls[target], body)
                 if i >= warmup:
                     samples[target].append(elapsed)
@@ -255,7 +293,7 @@ def rss_mb(pid: int) -> float:
 def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], ttfb: dict[str, list[float]]) -> dict[str, Any]:
     """Per target: medians over the rounds (wrk) and percentiles over all samples (streaming), in req/s and ms."""
     per: dict[str, dict[str, Any]] = {}
-    for t in TARGETS:
+    for t in runs["c64"]:
         c64, c1 = runs["c64"][t], runs["c1"][t]
         quantiles = statistics.quantiles(ttfb[t], n=100, method="inclusive")
         per[t] = {
@@ -265,17 +303,25 @@ def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], ttfb: dict[str, 
             "ttfb_p50_ms": quantiles[49] * 1000,
             "ttfb_p99_ms": quantiles[98] * 1000,
             "c1_requests": [r["requests"] for r in c1],
+            "cpu_ms_per_req": statistics.median(r.get("cpu_ms_per_req", float("nan")) for r in c64),
             "failed": sum(r["non2xx"] + r["errors"] for r in c64 + c1),
         }
     return per
 
 
+LABELS = {
+    "direct": "direct",
+    FLOOR: "pyfloor (the floor)",
+    "fedrouter": "fedrouter",
+    "fedrouter_nowait": "fedrouter, ledger not awaited",
+    "baseline": "fedrouter at --baseline",
+}
+
+
 def table(per: dict[str, dict[str, Any]], goals: dict[str, float]) -> str:
-    rows = [
-        "| figure | direct | minimal proxy | fedrouter | fedrouter, ledger not awaited |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    rows += [f"| {label} | " + " | ".join(format(per[t][key], fmt) for t in TARGETS) + " |" for key, label, fmt in ROWS]
+    targets = tuple(per)
+    rows = ["| figure | " + " | ".join(LABELS[t] for t in targets) + " |", "|---|" + "---:|" * len(targets)]
+    rows += [f"| {label} | " + " | ".join(format(per[t][key], fmt) for t in targets) + " |" for key, label, fmt in ROWS]
     rows += ["", "| target | fedrouter | goal | met |", "|---|---:|---:|:---:|"]
     for key, value in goals.items():
         label, limit, ceiling = GOALS[key]
@@ -284,7 +330,7 @@ def table(per: dict[str, dict[str, Any]], goals: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
-def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
+def run(mode: Mode, procs: Processes, tmp: Path, workers: int, baseline: Path | None) -> dict[str, Any]:
     sim_port = free_port()
     sim = procs.spawn(
         "sim",
@@ -323,39 +369,45 @@ def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
     key = create_key(config, ledger)
     ready_s: list[float] = []
     for _ in range(3):  # the third gateway stays up for the measurements
-        gateway, gateway_port, seconds = start_gateway(procs, config, ledger)
+        gateway, gateway_port, seconds = start_gateway(procs, config, ledger, workers=workers)
         ready_s.append(seconds)
         if len(ready_s) < 3:
             procs.stop(gateway)
-    proxy_port = free_port()
-    proxy = procs.spawn(
-        "minimal",
-        sys.executable,
-        str(BENCH / "minimal_proxy.py"),
-        "--host",
-        HOST,
-        "--port",
-        str(proxy_port),
-        "--upstream",
-        f"http://{HOST}:{sim_port}",
-    )
-    wait_ready(proxy_port, "/v1/models", proxy)
+    floor, floor_port = start_floor(procs, f"http://{HOST}:{sim_port}", workers)
     # Its own ledger file, the same keys: the two gateways must not share one SQLite writer.
-    _, nowait_port, _ = start_gateway(
-        procs, config, f"sqlite:///{tmp / 'ledger-nowait.db'}", durable=False, keys_db=str(tmp / "ledger.db")
+    nowait, nowait_port, _ = start_gateway(
+        procs,
+        config,
+        f"sqlite:///{tmp / 'ledger-nowait.db'}",
+        workers=workers,
+        durable=False,
+        keys_db=str(tmp / "ledger.db"),
+        name="fedrouter_nowait",
     )
-    ports = {"direct": sim_port, "minimal": proxy_port, "fedrouter": gateway_port, "fedrouter_nowait": nowait_port}
+    ports = {"direct": sim_port, FLOOR: floor_port, "fedrouter": gateway_port, "fedrouter_nowait": nowait_port}
+    pids = {FLOOR: floor.pid, "fedrouter": gateway.pid, "fedrouter_nowait": nowait.pid}
+    if baseline is not None:
+        base, ports["baseline"], _ = start_gateway(
+            procs,
+            config,
+            f"sqlite:///{tmp / 'ledger-base.db'}",
+            workers=workers,
+            keys_db=str(tmp / "ledger.db"),
+            tree=baseline,
+            name="baseline",
+        )
+        pids["baseline"] = base.pid
     urls = {t: f"http://{HOST}:{p}/v1/chat/completions" for t, p in ports.items()}
     check_targets(ports, key)
 
     print("non-streaming load (c=64) and latency (c=1) ...", file=sys.stderr)
-    runs = load_rounds(urls, key, mode)
+    runs = load_rounds(urls, key, mode, pids)
     print(f"streaming TTFB, {mode.stream_n} requests per target ...", file=sys.stderr)
     if post(sim_port, "/_sim/behavior", STREAM_BEHAVIOR)[0] != 200:
         raise RuntimeError(f"the sim refused {STREAM_BEHAVIOR}")
     ttfb = asyncio.run(ttfb_samples(urls, key, mode.stream_n))
     per = summarise(runs, ttfb)
-    d, m, f, nowait = (per[t] for t in TARGETS)
+    d, m, f, nowait_fig = per["direct"], per[FLOOR], per["fedrouter"], per["fedrouter_nowait"]
     goals = {
         "throughput_ratio": f["rps_c64"] / m["rps_c64"],
         "added_p50_ms": f["p50_ms"] - d["p50_ms"],
@@ -363,10 +415,13 @@ def run(mode: Mode, procs: Processes, tmp: Path) -> dict[str, Any]:
         "added_ttfb_p50_ms": f["ttfb_p50_ms"] - d["ttfb_p50_ms"],
         "rss_mb": rss_mb(gateway.pid),
         "ready_s": statistics.median(ready_s),
-        "durable_cost_p50_ms": f["p50_ms"] - nowait["p50_ms"],
+        "durable_cost_p50_ms": f["p50_ms"] - nowait_fig["p50_ms"],
     }
     return {
         "mode": mode.__dict__,
+        "floor": "bench/pyfloor.py under uvicorn (uvloop, httptools), aiohttp client",
+        "workers": workers,
+        "baseline": str(baseline) if baseline else None,
         "targets": per,
         "goals": goals,
         "ready_s_samples": ready_s,
@@ -384,9 +439,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json")
+    parser.add_argument("--workers", type=int, default=1, help="workers of the gateway and of the floor alike")
+    parser.add_argument("--baseline", type=Path, help="another checkout of fedrouter, measured in the same run")
     args = parser.parse_args()
     with processes("fedrouter-bench-") as (procs, tmp):
-        result = run(QUICK if args.quick else FULL, procs, tmp)
+        result = run(QUICK if args.quick else FULL, procs, tmp, args.workers, args.baseline)
+    print(f"floor: {result['floor']}; workers: {args.workers}")
     print(table(result["targets"], result["goals"]))
     if any(t["failed"] for t in result["targets"].values()):
         print("\nWARNING: some requests failed (see 'failed requests'); the figures are not comparable.")

@@ -17,6 +17,7 @@ import uuid
 
 from redis.asyncio import Redis
 
+from router.config import RoutingConfig
 from router.fleet.backend_stats import EjectionPolicy, StatsBook
 from router.state import MemoryStore
 from router.state.redis import RedisStore
@@ -63,7 +64,7 @@ async def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     prefix = f"fedrouter-bench-{uuid.uuid4().hex}:"
-    policy = EjectionPolicy()
+    policy = EjectionPolicy.of(RoutingConfig())
     groups = {"m1": BACKENDS}
     cases = [
         ("memory, back to back", lambda: MemoryStore("r"), 0.005, 0.0),

@@ -13,14 +13,17 @@ from providers.base import BackendClass, BackendInfo
 
 Capability = Literal["tools", "json_mode", "vision", "embeddings"]
 EnergySource = Literal["measured", "declared", "derived", "none"]
-SCORER_NAMES: tuple[str, ...] = ("latency", "price", "energy", "carbon", "load", "trust")
 
 # Trust by class, before measurements lower it; a backend may declare its own.
 CLASS_TRUST: dict[str, float] = {"sovereign": 1.0, "datacenter": 0.9, "volunteer": 0.5}
 
 
 class Weights(BaseModel):
-    """How much each scorer counts. A weight not written is 0; a scorer weighted 0 is not run."""
+    """How much each scorer counts. A weight not written is 0; a scorer weighted 0 is not run.
+
+    Its fields name the scorers, in their fixed order (``SCORER_NAMES``). A new scorer is a field
+    here, its cost in ``policies.scorers.SCORERS`` and a column of ``pickers._costs``; the test
+    tests/policies/test_scorer_names.py fails until all three (and the README's table) agree."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,6 +54,10 @@ class Weights(BaseModel):
         total = sum(w for _, w in active)
         names = tuple(n for n, _ in active)
         return Mix(names, tuple(w / total for _, w in active), tuple(SCORER_NAMES.index(n) for n in names))
+
+
+#: The scorers, in the order of the fused cost columns: the fields of Weights, written once there.
+SCORER_NAMES: tuple[str, ...] = tuple(Weights.model_fields)
 
 
 class Mix(NamedTuple):

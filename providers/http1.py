@@ -83,7 +83,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a TCP connection's transport is a Transport
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -264,7 +264,7 @@ class Response:
     def _decode(self, chunk: bytes | None) -> bytes:
         """Decompressed body bytes (None: the end of the body)."""
         try:
-            return self._decoder.decompress(chunk) if chunk is not None else self._decoder.flush()  # type: ignore[no-any-return]
+            return self._decoder.decompress(chunk) if chunk is not None else self._decoder.flush()  # type: ignore[no-any-return]  # zlib's decompressobj: bytes
         except zlib.error as exc:
             self.close()
             raise HttpError(f"the backend's compressed body is corrupt: {exc}") from None

@@ -19,8 +19,8 @@ def provider_class(kind: str) -> type[Any]:
     except KeyError:
         raise ValueError(f"unknown backend type {kind!r}; known types: {', '.join(KINDS)}") from None
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]  # KINDS names classes
 
 
 def build(kind: str, *args: Any, **kwargs: Any) -> Provider:
-    return provider_class(kind)(*args, **kwargs)  # type: ignore[no-any-return]
+    return provider_class(kind)(*args, **kwargs)  # type: ignore[no-any-return]  # KINDS names Providers

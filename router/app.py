@@ -91,7 +91,7 @@ def _mount_routes(app: FastAPI) -> None:
     app.include_router(dashboard.router)
 
 
-def create_app(config: FederationConfig, settings: Settings | None = None) -> FastAPI:
+def create_app(config: FederationConfig, settings: Settings | None = None) -> GatewayApp:
     settings = settings or Settings()
     metrics = Metrics()
     prices = PriceMap()
@@ -102,7 +102,7 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Fa
     keys = KeyStore(settings.keys_path(), settings.key_cache_s)
     ledger = open_ledger(settings.ledger, settings.ledger_retention_days)
     if not settings.ledger_durable:
-        ledger = Unawaited(ledger)  # type: ignore[assignment]
+        ledger = Unawaited(ledger)
     tokens = TokenCounter()
     # A request's limits and budget reservation are held at most this long by a gateway that died.
     lease_s = max(b.timeouts.total for b in config.backends) + 60.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from policies.base import Capability, PolicySpec
 from policies.presets import PRESETS
 from providers.base import BackendClass
-from router.fleet.energy import CarbonTable, UnknownZone
+from router.carbon import CarbonTable, UnknownZone
 
 _UNION_TAGS = ("str", "PolicySpec")
 _SECRET_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
@@ -212,6 +213,24 @@ class HedgingConfig(_Strict):
     tenants: list[str] | None = None  # None: every tenant; else only these (latency-sensitive ones)
 
 
+@dataclass(frozen=True, slots=True)
+class EjectionPolicy:
+    """When a backend is ejected for a model: the ``routing.eject_*`` fields, read as one value.
+    It has no defaults of its own: they are RoutingConfig's, so they are written once."""
+
+    after_failures: int  # failures in a row ...
+    base_s: float  # ... eject for this long x the ejections in a row
+    error_rate: float  # ... or this failure rate over the window
+    min_requests: int  # attempts in the window before the rate counts
+    max_share: float  # of a model's backends out at once; at least one may go
+
+    @classmethod
+    def of(cls, r: RoutingConfig) -> EjectionPolicy:
+        return cls(
+            r.eject_after_failures, r.eject_seconds, r.eject_error_rate, r.eject_min_requests, r.max_ejected_share
+        )
+
+
 class RoutingConfig(_Strict):
     max_attempts: int = Field(default=3, ge=1, le=10)
     retries_per_backend: int = Field(default=1, ge=0, le=5)
@@ -307,7 +326,7 @@ def _check_zones(config: FederationConfig) -> None:
 def _check_fallbacks(config: FederationConfig) -> None:
     """Fallback models must exist, and following them must never come back to where it started."""
     known = {m for b in config.backends for m in b.model_map()}
-    graphs = [("fallback_models", config.fallback_models)]
+    graphs: list[tuple[str, Mapping[str, Sequence[str]]]] = [("fallback_models", config.fallback_models)]
     graphs += [
         (f"tenants[{t.name}].fallback_models", {**config.fallback_models, **spec.fallback_models})
         for t in config.tenants

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_ADMIN_KEY_CHARS = 16
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FEDROUTER_", extra="forbid", frozen=True)
 
+    #: The admin API's and /metrics' bearer key. Unset turns both off; set, it must be a real secret.
     admin_key: SecretStr | None = None
     ledger: str = "sqlite:///fedrouter.db"
     #: Seconds a positive or negative API key lookup is cached; a revoked key stops working after it.
@@ -30,6 +33,23 @@ class Settings(BaseSettings):
     state_prefix: str = "fedrouter:"
     #: Before planning, ejections read from the state store older than this are read again.
     state_freshness_ms: float = Field(default=5.0, ge=0)
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_is_a_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty key once matched an empty bearer and opened the admin API to anyone. Kept
+        stripped, as the bearer it is compared with is, so a stray newline in an env file is no
+        second key."""
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if len(key) < MIN_ADMIN_KEY_CHARS:
+            what = "empty" if not key else f"{len(key)} characters long"
+            raise ValueError(
+                f"FEDROUTER_ADMIN_KEY is set but {what}: give at least {MIN_ADMIN_KEY_CHARS} characters, "
+                "or unset it to turn the admin API and /metrics off"
+            )
+        return SecretStr(key)
 
     def keys_path(self) -> str:
         from router.ledger import ledger_kind, sqlite_path

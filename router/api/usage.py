@@ -18,6 +18,7 @@ from starlette.responses import StreamingResponse
 from router.api.deps import AdminDep, GatewayDep
 from router.api.openai import TenantDep
 from router.errors import InvalidRequest
+from router.ledger.base import out_of_range
 from router.ledger.exports import (
     FORMATS,
     GRANULARITIES,
@@ -48,11 +49,14 @@ def _day(value: str | None, param: str) -> date:
             code="missing_required_parameter",
         )
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise InvalidRequest(
             f"Invalid '{param}': {value!r} is not an ISO date (YYYY-MM-DD).", param=param, code="invalid_value"
         ) from None
+    if (why := out_of_range(day)) is not None:
+        raise InvalidRequest(f"Invalid '{param}': {why}.", param=param, code="invalid_value")
+    return day
 
 
 def _period(

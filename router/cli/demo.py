@@ -35,7 +35,9 @@ def demo_config_text() -> str:
 def run_demo(host: str, port: int, ledger: str) -> int:
     raw = yaml.safe_load(demo_config_text())
     config = parse_config(raw, "demo.yaml")
-    admin_key = os.environ.get("FEDROUTER_ADMIN_KEY") or "fr-admin-" + secrets.token_urlsafe(16)
+    # Unset: a fresh key for this run. Set, it is held to serve's rule (Settings refuses a short one).
+    given = os.environ.get("FEDROUTER_ADMIN_KEY")
+    admin_key = "fr-admin-" + secrets.token_urlsafe(16) if given is None else given.strip()
     settings = Settings(ledger=ledger, admin_key=admin_key)
     store = KeyStore(sqlite_path(ledger))
     keys = {t.name: store.create(t.name)[0] for t in config.tenants}
@@ -61,7 +63,7 @@ async def _serve(config: FederationConfig, settings: Settings, host: str, port: 
         sim = SimBackend(backend.name, SimBehavior(ttft_s=ttft, tokens_per_s=tps), list(backend.model_map().values()))
         runners.append((await start_sim(sim, "127.0.0.1", sim_port))[0])
     try:
-        await Server(create_app(config, settings)).serve(bind(host, port), signals=True)  # type: ignore[arg-type]
+        await Server(create_app(config, settings)).serve(bind(host, port), signals=True)
     finally:
         for runner in runners:
             with contextlib.suppress(Exception):

@@ -11,7 +11,9 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+from pydantic import ValidationError
 
 from router.config import ConfigError, FederationConfig, TenantConfig, load_config
 from router.settings import Settings
@@ -27,12 +29,20 @@ def app_factory() -> GatewayApp:
     """Each worker process builds its own app from the environment the parent set."""
     from router.app import create_app
 
-    return create_app(load_config(os.environ[_CONFIG_ENV]), Settings())  # type: ignore[return-value]
+    return create_app(load_config(os.environ[_CONFIG_ENV]), Settings())
 
 
 def _fail(message: str) -> int:
     print(f"fedrouter: {message}", file=sys.stderr)
     return 2
+
+
+def _setting_error(exc: ValidationError) -> str:
+    """A settings error as one line: the first problem, which names its variable."""
+    first = exc.errors()[0]
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    name = "FEDROUTER_" + "_".join(str(part) for part in first["loc"]).upper()
+    return msg if msg.startswith("FEDROUTER_") else f"{name}: {msg}"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -80,6 +90,8 @@ def _serve(args: argparse.Namespace) -> int:
         sock = server.bind_for_workers(args.host, args.port) if args.workers > 1 else server.bind(args.host, args.port)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    if settings.admin_key is None:
+        print("fedrouter: FEDROUTER_ADMIN_KEY is not set: the admin API and /metrics are off", file=sys.stderr)
     if args.workers > 1:
         os.environ[_CONFIG_ENV] = str(Path(args.config).resolve())
         os.environ["FEDROUTER_WORKERS"] = str(args.workers)
@@ -89,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     server.run(
         create_app(config, settings),
-        sock,  # type: ignore[arg-type]
+        sock,
         lambda: print(f"fedrouter serving on http://{host}:{port}", file=sys.stderr, flush=True),
     )
     return 0
@@ -98,7 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     from router.ledger import open_ledger
 
-    async def totals() -> dict[str, object]:
+    async def totals() -> dict[str, Any]:
         ledger = open_ledger(_settings(args).ledger)
         await ledger.start()
         try:
@@ -111,15 +123,19 @@ def _usage(args: argparse.Namespace) -> int:
     print(f"requests:      {t['requests']}")
     print(f"input tokens:  {t['input_tokens']}")
     print(f"output tokens: {t['output_tokens']}")
-    print(f"cost (USD):    {float(t['cost_usd']):.6f}")  # type: ignore[arg-type]
-    print(f"energy (Wh):   {float(t['energy_wh']):.6f}")  # type: ignore[arg-type]
+    print(f"cost (USD):    {float(t['cost_usd']):.6f}")
+    print(f"energy (Wh):   {float(t['energy_wh']):.6f}")
     return 0
 
 
-def _one_of(value: str, allowed: tuple[str, ...], flag: str) -> str:
-    if value not in allowed:
-        raise ValueError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
-    return value
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def _one_of(value: str, allowed: tuple[_Choice, ...], flag: str) -> _Choice:
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise ValueError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
 
 
 def _period(args: argparse.Namespace) -> tuple[date, date]:
@@ -127,6 +143,11 @@ def _period(args: argparse.Namespace) -> tuple[date, date]:
         start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
     except ValueError:
         raise ValueError(f"--from {args.start!r} / --to {args.end!r}: expected ISO dates (YYYY-MM-DD)") from None
+    from router.ledger.base import out_of_range
+
+    for flag, day in (("--from", start), ("--to", end)):
+        if (why := out_of_range(day)) is not None:
+            raise ValueError(f"{flag} {why}")
     if start > end:
         raise ValueError(f"--from {start} is after --to {end}")
     return start, end
@@ -164,7 +185,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown tenant {args.tenant!r} (not in {args.config})")
     return _write_export(
         args, lambda ledger: export(usage_rows(ledger, args.tenant, start, end, granularity), fmt, granularity)
-    )  # type: ignore[arg-type]
+    )
 
 
 def _payouts(args: argparse.Namespace) -> int:
@@ -174,7 +195,7 @@ def _payouts(args: argparse.Namespace) -> int:
     fmt = _one_of(args.format, PAYOUT_FORMATS, "--format")
 
     async def body(ledger: Ledger) -> AsyncIterator[bytes]:
-        async for chunk in export_payouts(await ledger.payouts(start, end), fmt):  # type: ignore[arg-type]
+        async for chunk in export_payouts(await ledger.payouts(start, end), fmt):
             yield chunk
 
     return _write_export(args, body)
@@ -272,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         code = args.func(args)
     except ConfigError as exc:
         code = _fail(f"invalid config:\n{exc}")
+    except ValidationError as exc:  # the settings, from the environment
+        code = _fail(_setting_error(exc))
     except (ValueError, OSError) as exc:
         code = _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     sys.exit(code)

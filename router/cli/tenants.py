@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from router.config import RateLimits, TenantConfig, load_config
 from router.errors import GatewayError
@@ -33,7 +34,10 @@ def _number(flag: str, value: str | None, kind: type[int] | type[float]) -> int 
         raise ValueError(f"{flag} {value!r}: expected {'an integer' if kind is int else 'a number'}") from None
 
 
-def _valid(build: type[RateLimits] | type[TenantConfig], where: str, **fields: object) -> object:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _valid(build: type[_Model], where: str, **fields: object) -> _Model:
     try:
         return build.model_validate(fields)
     except ValidationError as exc:
@@ -49,7 +53,7 @@ def _limits(args: argparse.Namespace) -> RateLimits | None:
         "concurrent_streams": _number("--concurrent-streams", args.concurrent_streams, int),
     }
     given = {k: v for k, v in fields.items() if v is not None}
-    return _valid(RateLimits, "limits", **given) if given else None  # type: ignore[return-value]
+    return _valid(RateLimits, "limits", **given) if given else None
 
 
 def _budget(spec: str) -> dict[str, object]:
@@ -187,7 +191,7 @@ def tenants_create(args: argparse.Namespace) -> int:
     }
     if limits is not None:
         fields["limits"] = limits.model_dump(exclude_none=True)
-    tenant: TenantConfig = _valid(TenantConfig, "tenant", **fields)  # type: ignore[assignment]
+    tenant = _valid(TenantConfig, "tenant", **fields)
     store = _store(args)
     try:
         if tenant.name in _tenants(store, args.config) or not store.add_tenant(

@@ -22,64 +22,19 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from policies.base import Stats
-from router.config import RoutingConfig
+from router.config import EjectionPolicy
+from router.fleet.ejection import PROBE_LEASE_S, may_eject, next_ejection, tripped
+from router.fleet.stats_entry import HORIZON_S, KEEP, Entry
 from router.state.base import Batch, Ejection, Store, StoreUnavailable, store_key
-from router.state.samples import Quantiles, Sample, Summary, Window
+from router.state.samples import Quantiles, Sample, Summary
 
 log = logging.getLogger("fedrouter.stats")
 
-_KEEP = 200  # samples per key: enough for a stable p95
-_HORIZON_S = 60.0  # samples older than this say little about the backend now
-_PROBE_LEASE_S = 30.0  # a probe holder that dies frees the probe after this
-_MAX_GROWTH = 10  # the n-th ejection in a row lasts n x base, at most this many x base
 _NO_STATS = Stats()  # frozen: shared by every key never measured
 _CLOSE_S = 2.0  # the longest shutdown waits for the background sync to stop
-
-
-@dataclass(frozen=True, slots=True)
-class EjectionPolicy:
-    after_failures: int = 3
-    base_s: float = 15.0
-    error_rate: float = 0.5
-    min_requests: int = 20
-    max_share: float = 0.5
-
-    @classmethod
-    def of(cls, r: RoutingConfig) -> EjectionPolicy:
-        return cls(
-            r.eject_after_failures, r.eject_seconds, r.eject_error_rate, r.eject_min_requests, r.max_ejected_share
-        )
-
-
-class _Entry:
-    __slots__ = (
-        "attempts",
-        "changed",
-        "ejection",
-        "failures",
-        "inflight",
-        "others",
-        "probing",
-        "since",
-        "view",
-        "window",
-    )
-
-    def __init__(self) -> None:
-        self.window = Window(_KEEP, _HORIZON_S)
-        self.inflight = 0  # this process
-        self.others = 0  # the other replicas, as last pulled
-        self.ejection: Ejection | None = None  # kept after it lapses: half-open until a probe succeeds
-        self.changed = 0.0  # monotonic time of the last local ejection change
-        self.since = 0.0  # samples before this (the end of the last ejection) do not count towards one
-        self.probing = False  # this process holds (or is claiming) the probe
-        self.attempts = 0
-        self.failures = 0
-        self.view: tuple[Stats, float] | None = None  # cached view, valid until the given unix time
 
 
 class StatsBook:
@@ -99,7 +54,7 @@ class StatsBook:
         self.store = store
         self._policy = policy
         self._groups = {model: tuple(backends) for model, backends in groups.items()}
-        self._entries = {store_key(b, m): _Entry() for m, bs in self._groups.items() for b in bs}
+        self._entries = {store_key(b, m): Entry() for m, bs in self._groups.items() for b in bs}
         self._models_of: dict[str, list[str]] = {}
         for model, backends in self._groups.items():
             for b in backends:
@@ -221,14 +176,8 @@ class StatsBook:
         ejection is recorded in the store before this returns)."""
         e = self._add(backend, model, False, None, None)
         e.failures += 1
-        s = e.window.summary(e.since)
-        p = self._policy
-        tripped = (
-            probe
-            or s.trailing_failures >= p.after_failures
-            or (s.requests >= p.min_requests and s.error_rate >= p.error_rate)
-        )
-        if tripped and not self.ejected(backend, model) and self._may_eject(backend, model):
+        trips = tripped(self._policy, e.window.summary(e.since), probe=probe)
+        if trips and not self.ejected(backend, model) and self._may_eject(backend, model):
             await self._eject(backend, model, e)
         if probe:
             e.probing = False
@@ -257,7 +206,7 @@ class StatsBook:
             return False
         e.probing = True
         try:
-            won = await self.store.claim_probe(store_key(backend, model), _PROBE_LEASE_S)
+            won = await self.store.claim_probe(store_key(backend, model), PROBE_LEASE_S)
         except StoreUnavailable:
             won = True  # without the store, this process decides alone
         e.probing = won
@@ -280,7 +229,8 @@ class StatsBook:
 
     def snapshot(self, backend: str) -> dict[str, Any]:
         """The backend as a whole (single-model figures when it serves one model) and per model."""
-        models = {m: self._model_snapshot(backend, m) for m in self._models_of.get(backend, ())}
+        now = self._clock()
+        models = {m: self._entries[store_key(backend, m)].snapshot(now) for m in self._models_of.get(backend, ())}
         rows = list(models.values())
         one = rows[0] if len(rows) == 1 else {}
         return {
@@ -295,39 +245,16 @@ class StatsBook:
             "models": models,
         }
 
-    def _model_snapshot(self, backend: str, model: str) -> dict[str, Any]:
-        e = self._entries[store_key(backend, model)]
-        s, q = e.window.summary(e.since), e.window.quantiles()
-        now = self._clock()
-        until = e.ejection.until if e.ejection else 0.0
-        return {
-            "ttft_s": s.ttft_s,
-            "ttft_p50_s": q.ttft_p50,
-            "ttft_p95_s": q.ttft_p95,
-            "tokens_per_s": s.tokens_per_s,
-            "tokens_per_s_p50": q.tokens_per_s_p50,
-            "tokens_per_s_p95": q.tokens_per_s_p95,
-            "error_rate": round(s.error_rate, 4),
-            "samples": len(e.window),
-            "inflight": e.inflight + e.others,
-            "requests": e.attempts,
-            "failures": e.failures,
-            "last_success": s.last_success,
-            "ejected": until > now,
-            "ejected_for_s": max(0.0, round(until - now, 3)),
-            "ejections": e.ejection.count if e.ejection else 0,
-        }
-
     # -- internals ---------------------------------------------------------------------------
 
-    def _entry(self, backend: str, model: str) -> _Entry:
+    def _entry(self, backend: str, model: str) -> Entry:
         key = store_key(backend, model)
         e = self._entries.get(key)
         if e is None:  # a backend outside the configured groups (never in practice)
-            e = self._entries[key] = _Entry()
+            e = self._entries[key] = Entry()
         return e
 
-    def _add(self, backend: str, model: str, ok: bool, ttft: float | None, tps: float | None) -> _Entry:
+    def _add(self, backend: str, model: str, ok: bool, ttft: float | None, tps: float | None) -> Entry:
         e = self._entry(backend, model)
         sample = Sample(self._clock(), ok, ttft, tps, f"{self.store.replica}:{next(self._seq)}")
         e.window.add(sample)
@@ -336,21 +263,16 @@ class StatsBook:
         return e
 
     def _may_eject(self, backend: str, model: str) -> bool:
-        """Never more than ``max_share`` of the model's backends out at once (at least one may go)."""
         group = self._groups.get(model, (backend,))
-        out = sum(1 for b in group if b != backend and self.ejected(b, model))
-        return out < max(1, math.floor(self._policy.max_share * len(group) + 1e-9))
+        return may_eject(self._policy, len(group), sum(1 for b in group if b != backend and self.ejected(b, model)))
 
-    async def _eject(self, backend: str, model: str, e: _Entry) -> None:
-        base = self._policy.base_s
-        count = (e.ejection.count if e.ejection else 0) + 1
-        ejection = Ejection(self._clock() + min(base * count, base * _MAX_GROWTH), count)
+    async def _eject(self, backend: str, model: str, e: Entry) -> None:
+        ejection, keep_s = next_ejection(self._policy, e.ejection, self._clock())
         self._set(e, ejection)
-        log.warning("ejected %s for %s (%d in a row) until %.3f", backend, model, count, ejection.until)
-        # Kept past its end, so that the next ejection in a row lasts longer.
-        await self._guard(self.store.eject(store_key(backend, model), ejection, base * (count + _MAX_GROWTH)))
+        log.warning("ejected %s for %s (%d in a row) until %.3f", backend, model, ejection.count, ejection.until)
+        await self._guard(self.store.eject(store_key(backend, model), ejection, keep_s))
 
-    def _set(self, e: _Entry, ejection: Ejection | None, seen: float | None = None) -> None:
+    def _set(self, e: Entry, ejection: Ejection | None, seen: float | None = None) -> None:
         if seen is not None and e.changed > seen:
             return  # a local change newer than what was read
         if ejection == e.ejection:
@@ -417,7 +339,7 @@ class StatsBook:
         )
         self._pending, self._unpushed, self._idle = {}, {}, set()
         if batch:
-            await self.store.push(batch, keep=_KEEP, ttl_s=max(_HORIZON_S, self._count_window + 1))
+            await self.store.push(batch, keep=KEEP, ttl_s=max(HORIZON_S, self._count_window + 1))
 
     async def _sync_once(self) -> None:
         await self._push()

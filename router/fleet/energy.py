@@ -17,95 +17,21 @@ backend. Everything here is read once at start; only the measured EWMA changes w
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
-import yaml
 
 from policies.base import NO_ENERGY, EnergyEstimate, Profile, Stats
+from router.carbon import ecologits_file
 
 log = logging.getLogger("fedrouter")
 
 POWER_HEADER = "x-power-watts"
-WORLD = "WOR"  # EcoLogits' world-average mix, for a backend with no zone
 _ALPHA = 0.3  # EWMA weight of the newest power sample, as for the other backend stats
 _ECOLOGITS_TOKENS = 1000  # tokens per sample request: per-token energy is linear beyond the first
-
-
-class UnknownZone(ValueError):
-    """A zone that neither EcoLogits' table nor the intensity file knows."""
-
-
-def _ecologits_file(name: str) -> Path:
-    spec = importlib.util.find_spec("ecologits")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the ecologits package is needed for grid carbon intensities")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / name
-
-
-def _alpha3(zone: str) -> str | None:
-    from iso3166 import countries  # a small, self-contained table of ISO 3166-1 codes
-
-    entry = countries.get(zone, None)
-    return None if entry is None else entry.alpha3
-
-
-class CarbonTable:
-    """Grid carbon intensity in gCO2e per kWh by zone: EcoLogits' electricity mixes, then the
-    zones of an optional YAML/JSON file ``{zone: gCO2e_per_kWh}`` on top."""
-
-    def __init__(self, intensity_file: str | Path | None = None) -> None:
-        raw = orjson.loads(_ecologits_file("electricity_mixes.json").read_bytes())
-        # EcoLogits gives kgCO2e per kWh.
-        self._mixes = {m["name"]: float(m["gwp"]) * 1000.0 for m in raw["electricity_mixes"]}
-        self._file = Path(intensity_file) if intensity_file else None
-        self._overrides: dict[str, float] = self._read_file() if self._file else {}
-
-    def _read_file(self) -> dict[str, float]:
-        assert self._file is not None
-        try:
-            data = yaml.safe_load(self._file.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"carbon.intensity_file: cannot read {self._file}: {exc}".replace("\n", " ")) from None
-        if not isinstance(data, dict):
-            raise ValueError(f"carbon.intensity_file: {self._file} must map zones to gCO2e/kWh")
-        out: dict[str, float] = {}
-        for zone, value in data.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
-                raise ValueError(f"carbon.intensity_file: zone {zone!r}: {value!r} is not a gCO2e/kWh figure")
-            out[str(zone).upper()] = float(value)
-        return out
-
-    def refresh(self) -> int:
-        """Re-read the intensity file (blocking: call it off the event loop); zones it now sets."""
-        if self._file is not None:
-            self._overrides = self._read_file()
-        return len(self._overrides)
-
-    def canonical(self, zone: str) -> str | None:
-        """The table's key for a zone as written (``FR`` -> ``FRA``), or None if unknown."""
-        key = zone.upper()
-        if key in self._overrides or key in self._mixes:
-            return key
-        alpha3 = _alpha3(key) if len(key) == 2 else None
-        if alpha3 is not None and (alpha3 in self._overrides or alpha3 in self._mixes):
-            return alpha3
-        return None
-
-    def intensity(self, zone: str | None) -> float:
-        """gCO2e per kWh; a backend without a zone gets the world average."""
-        key = WORLD if zone is None else self.canonical(zone)
-        if key is None:
-            raise UnknownZone(
-                f"unknown grid zone {zone!r}: not in EcoLogits' electricity mixes "
-                "(ISO 3166-1 codes) nor in carbon.intensity_file"
-            )
-        return self._overrides.get(key, self._mixes.get(key, 0.0))
 
 
 class EcologitsEnergy:
@@ -117,7 +43,7 @@ class EcologitsEnergy:
         self._cache: dict[str, float | None] = {}
 
     def _index(self) -> dict[str, str]:
-        raw = orjson.loads(_ecologits_file("models.json").read_bytes())
+        raw = orjson.loads(ecologits_file("models.json").read_bytes())
         index = {m["name"]: m["provider"] for m in raw["models"]}
         index.update({a["name"]: a["provider"] for a in raw.get("aliases") or []})
         return index

@@ -12,7 +12,8 @@ from router.http.send import StreamSend
 
 if TYPE_CHECKING:
     from router.http.asgi import GatewayApp
-    from router.http.protocol import Connection, Request
+    from router.http.protocol import Connection
+    from router.http.request import Request
 
 log = logging.getLogger("fedrouter")
 

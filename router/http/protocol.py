@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import httptools
 
 from providers.flow_control import FlowControl, WriteStalled
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest
+from router.http.request import Request
 from router.http.send import whole_answer
 from router.http.shedding import TOO_MANY_CONNECTIONS
-
-if TYPE_CHECKING:
-    from router.http.server import Server
 
 _MAX_HEAD = 64 * 1024  # request line and headers; the body has its own, configured, limit
 # After a refusal, what the client still sends is read and dropped this long (and up to this
@@ -44,36 +43,36 @@ class _OldVersion(Exception):
     """HTTP/0.9, which has no head to carry a status: refused, never answered as if it were 1.x."""
 
 
-class Request:
-    __slots__ = ("body", "headers", "http11", "keep_alive", "method", "url")
+class Host(Protocol):
+    """What a connection needs of the server that accepted it (``router.http.server.Server``)."""
 
-    def __init__(
-        self,
-        method: bytes,
-        url: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        keep_alive: bool,
-        http11: bool = True,
-    ) -> None:
-        self.http11 = http11
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.body = body
-        self.keep_alive = keep_alive
-
-    def header(self, name: bytes) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("latin-1")
-        return None
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def now(self) -> float: ...
+    @property
+    def connections(self) -> set[Connection]: ...
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_body(self) -> int: ...
+    @property
+    def head_timeout_s(self) -> float: ...
+    @property
+    def body_timeout_s(self) -> float: ...
+    @property
+    def write_stall_s(self) -> float | None: ...
+    @property
+    def status_line(self) -> Callable[[int], bytes]: ...
+    def new_request_id(self) -> str: ...
+    def log_fault(self, request: Request) -> None: ...
+    async def dispatch(self, conn: Connection, request: Request) -> None: ...
 
 
 class Connection(asyncio.Protocol):
     """One client connection: parses requests, runs them one at a time, writes their answers."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         self.loop = server.loop
         self.parser = httptools.HttpRequestParser(self)
@@ -369,6 +368,9 @@ class Connection(asyncio.Protocol):
         self.transport.write(
             whole_answer(line, headers, body, keep_alive=keep_alive, request_id=request_id, http10=http10)
         )
+
+    def status_line(self, status: int) -> bytes:
+        return self.server.status_line(status)
 
     def write_now(self, data: bytes) -> None:
         """Write without waiting: the transport buffers what the client has not read yet."""

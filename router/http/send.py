@@ -5,10 +5,21 @@ that both leave in one write. Also the ASGI ``send`` of the bridge."""
 from __future__ import annotations
 
 import http
-from typing import TYPE_CHECKING, Any
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from router.http.protocol import Connection, Request
+    from router.http.request import Request
+
+
+class Writer(Protocol):
+    """Where an answer is written: a connection (``router.http.protocol.Connection``)."""
+
+    def status_line(self, status: int) -> bytes: ...
+    def write_now(self, data: bytes) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    def abort(self) -> None: ...
+
 
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
@@ -59,7 +70,7 @@ class StreamSend:
 
     __slots__ = ("chunked", "conn", "ended", "head", "request", "request_id", "started")
 
-    def __init__(self, conn: Connection, request: Request, request_id: bytes | None) -> None:
+    def __init__(self, conn: Writer, request: Request, request_id: bytes | None) -> None:
         self.conn = conn
         self.request = request
         self.request_id = request_id
@@ -68,7 +79,7 @@ class StreamSend:
         self.started = False
         self.ended = False
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.begin(message["status"], list(message.get("headers", ())))
@@ -95,7 +106,7 @@ class StreamSend:
         if self.chunked and not request.http11:
             # HTTP/1.0 knows no chunks: the body runs to the end of the connection.
             self.chunked, request.keep_alive = False, False
-        parts = [self.conn.server.status_line(status)]
+        parts = [self.conn.status_line(status)]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         if self.request_id is not None and b"x-request-id" not in names:

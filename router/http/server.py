@@ -19,7 +19,8 @@ from router.http.asgi import GatewayApp
 from router.http.bridge import run_asgi
 from router.http.entry import Entry, decoded_path, failure, inference_route, last_event
 from router.http.events import pump
-from router.http.protocol import Connection, Request
+from router.http.protocol import Connection
+from router.http.request import Request
 from router.http.send import StatusLines, StreamSend
 from router.http.shedding import REFUSAL
 from router.pipeline.answer import Answer, StreamAnswer

@@ -114,6 +114,19 @@ def row_of(rec: UsageRecord) -> tuple[Any, ...]:
     return (rec.event_id, *(getattr(rec, f) for f in FIELDS))
 
 
+# The days a report may name. Timestamps are unix seconds, and a range's end (the next day's
+# midnight, and a FOCUS row's billing month after it) must still be a date: 9999-12-31 overflowed.
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+
+
+def out_of_range(day: date) -> str | None:
+    """Why the ledger cannot report on this day, or None if it can."""
+    if FIRST_DAY <= day <= LAST_DAY:
+        return None
+    return f"{day} is outside the days the ledger reports on ({FIRST_DAY} to {LAST_DAY})"
+
+
 def day_start(day: date) -> float:
     """Unix seconds at 00:00 UTC of the day."""
     return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
@@ -121,6 +134,8 @@ def day_start(day: date) -> float:
 
 def day_bounds(start: date, end: date) -> tuple[float, float]:
     """The half-open span of unix seconds covering the UTC days start..end, both included."""
+    if (why := out_of_range(start) or out_of_range(end)) is not None:
+        raise ValueError(why)  # the edges answer 400 first; this keeps OverflowError out of the ledger
     return day_start(start), day_start(end + timedelta(days=1))
 
 

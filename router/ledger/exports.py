@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -27,9 +28,9 @@ from router.ledger.base import COLUMNS, PAYOUT_COLUMNS, ROLLUP_COLUMNS, Ledger
 
 Format = Literal["csv", "jsonl", "focus"]
 Granularity = Literal["request", "daily"]
-FORMATS: tuple[str, ...] = ("csv", "jsonl", "focus")
-PAYOUT_FORMATS: tuple[str, ...] = ("csv", "jsonl")
-GRANULARITIES: tuple[str, ...] = ("request", "daily")
+FORMATS: tuple[Format, ...] = ("csv", "jsonl", "focus")
+PAYOUT_FORMATS: tuple[Format, ...] = ("csv", "jsonl")
+GRANULARITIES: tuple[Granularity, ...] = ("request", "daily")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson", "focus": "text/csv; charset=utf-8"}
 
 FOCUS_MANDATORY: tuple[str, ...] = (
@@ -168,7 +169,23 @@ def _cell(value: Any, plain_decimal: bool) -> Any:
         return "true" if value else "false"
     if plain_decimal:
         return decimal_text(value)
+    if isinstance(value, str):
+        return neutral(value)
     return value
+
+
+# A spreadsheet reads a cell that begins with one of these as a formula (OWASP's CSV injection):
+# tenant, key and model names reach the exports from clients and admins.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutral(text: str) -> str:
+    """The text as a spreadsheet shows it and never runs it: one that would start a formula gets a
+    leading single quote. A number written as text (``-0.5``) is left a number."""
+    if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 async def _focus(rows: AsyncIterator[Mapping[str, Any]], granularity: Granularity) -> AsyncIterator[dict[str, Any]]:

@@ -20,15 +20,13 @@ from router.ledger.base import (
     LINGER_S,
     PAYOUT_COLUMNS,
     ROLLUP_COLUMNS,
-    Retention,
-    UsageRecord,
     day_bounds,
-    done_future,
     lost,
     resolve,
     row_of,
     stop_task,
 )
+from router.ledger.batching import STOP, BatchingWriter, Item
 from router.ledger.schema import (
     EVENT_TYPES,
     POSTGRES_MIGRATIONS,
@@ -52,7 +50,6 @@ _INSERT = (
 _COUNTS = frozenset(c for c, src in ROLLUP_SOURCES.items() if src is None or src.endswith("tokens"))
 _MAX_BATCH = 1000
 _LOCK_KEY = 0x66656472  # advisory lock id serialising migrations across gateway processes
-_Item = tuple[UsageRecord, asyncio.Future[None] | None]  # no future: nobody waits for the commit
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -69,14 +66,14 @@ async def migrate(conn: asyncpg.Connection) -> int:
     return len(POSTGRES_MIGRATIONS)
 
 
-class PostgresLedger:
+class PostgresLedger(BatchingWriter):
     def __init__(self, url: str, retention_days: int | None = None, pool_size: int = 4) -> None:
+        self._items: asyncio.Queue[Item | None] = asyncio.Queue()  # the base's, typed for the blocking get
+        super().__init__(self._items, asyncio.QueueEmpty, _MAX_BATCH, retention_days)
         self._url = url
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._retention = Retention(retention_days)
         self._pruner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -88,40 +85,18 @@ class PostgresLedger:
         self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
         self._pruner = self._retention.start(self)
 
-    def submit(self, record: UsageRecord) -> asyncio.Future[None]:
-        if self._retention.too_old(record):
-            return done_future()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, fut))
-        return fut
-
-    def enqueue(self, record: UsageRecord) -> None:
-        if not self._retention.too_old(record):
-            self._queue.put_nowait((record, None))
-
-    def pending(self) -> int:
-        return self._queue.qsize()
-
     async def _write_loop(self) -> None:
-        while True:
-            item = await self._queue.get()
-            if item is None:
+        stop = False
+        while not stop:
+            item = await self._items.get()
+            if item is STOP:
                 return
             if item[1] is None:
                 await asyncio.sleep(LINGER_S)  # nobody waits for this one: gather more first
-            batch = [item]
-            stop = False
-            while len(batch) < _MAX_BATCH and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
+            batch, stop = self._gather(item)
             await self._commit(batch)
-            if stop:
-                return
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    async def _commit(self, batch: list[Item]) -> None:
         import asyncpg
 
         columns = list(zip(*(row_of(rec) for rec, _ in batch), strict=True))
@@ -147,7 +122,7 @@ class PostgresLedger:
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         async with self._acquire() as conn:
-            return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
+            return await conn.fetch(sql, *args)
 
     async def totals(
         self, tenant: str | None = None, since: date | None = None, until: date | None = None
@@ -230,7 +205,7 @@ class PostgresLedger:
         await stop_task(self._pruner)
         self._pruner = None
         if self._writer is not None:
-            self._queue.put_nowait(None)
+            self._queue.put_nowait(STOP)
             await self._writer
             self._writer = None
         if self._pool is not None:

@@ -23,15 +23,13 @@ from router.ledger.base import (
     LINGER_S,
     PAYOUT_COLUMNS,
     ROLLUP_COLUMNS,
-    Retention,
-    UsageRecord,
     day_bounds,
-    done_future,
     lost,
     resolve,
     row_of,
     stop_task,
 )
+from router.ledger.batching import STOP, BatchingWriter, Item
 from router.ledger.schema import ROLLUP_SOURCES, SQLITE_MIGRATIONS
 
 _INSERT = (
@@ -44,8 +42,6 @@ _CHECKPOINT_EVERY_S = 0.2  # often enough that the WAL holds a fraction of a sec
 _WAL_RESTART_FRAMES = 4096
 _WAL_KEEP_BYTES = 64 * 1024 * 1024  # a WAL file larger than this is truncated when it restarts
 _PRUNE_CHUNK = 5000
-_STOP = None
-_Item = tuple[UsageRecord, asyncio.Future[None] | None]  # no future: nobody waits for the commit
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -75,7 +71,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(SQLITE_MIGRATIONS)
 
 
-class SQLiteLedger:
+class SQLiteLedger(BatchingWriter):
     def __init__(
         self,
         path: str,
@@ -84,14 +80,14 @@ class SQLiteLedger:
         wal_restart_frames: int = _WAL_RESTART_FRAMES,
         checkpoint_every_s: float = _CHECKPOINT_EVERY_S,
     ) -> None:
+        self._items: queue.SimpleQueue[Item | None] = queue.SimpleQueue()  # the base's, typed for the blocking get
+        super().__init__(self._items, queue.Empty, _MAX_BATCH, retention_days)
         self._path = path
         self._wal_restart_frames = wal_restart_frames
         self._checkpoint_every_s = checkpoint_every_s
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
-        self._retention = Retention(retention_days)
         self._pruner: asyncio.Task[None] | None = None
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -115,39 +111,17 @@ class SQLiteLedger:
         self._reader.row_factory = sqlite3.Row
         self._pruner = self._retention.start(self)
 
-    def submit(self, record: UsageRecord) -> asyncio.Future[None]:
-        if self._retention.too_old(record):
-            return done_future()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put((record, fut))
-        return fut
-
-    def enqueue(self, record: UsageRecord) -> None:
-        if not self._retention.too_old(record):
-            self._queue.put((record, None))
-
-    def pending(self) -> int:
-        return self._queue.qsize()
-
     def _write_loop(self, conn: sqlite3.Connection) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
+        stop = False
+        while not stop:
+            item = self._items.get()
+            if item is STOP:
                 break
             if item[1] is None:
                 # Nobody waits for this one: gather more first. A commit per record or two would
                 # take the GIL from the event loop thousands of times a second.
                 time.sleep(LINGER_S)
-            batch = [item]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    self._queue.put(_STOP)
-                    break
-                batch.append(nxt)
+            batch, stop = self._gather(item)
             self._commit(conn, batch)
             if self._wal_restart.is_set():
                 self._wal_restart.clear()
@@ -173,7 +147,7 @@ class SQLiteLedger:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[Item]) -> None:
         error = _write(conn, [row_of(rec) for rec, _ in batch])
         if error is not None and len(batch) > 1:
             # One bad record must not fail the requests batched with it: write them one by one.
@@ -199,7 +173,7 @@ class SQLiteLedger:
             return await asyncio.to_thread(fn, reader)
 
     async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
-        return await self._read(lambda conn: conn.execute(sql, args).fetchall())  # type: ignore[no-any-return]
+        return await self._read(lambda conn: conn.execute(sql, args).fetchall())
 
     async def totals(
         self, tenant: str | None = None, since: date | None = None, until: date | None = None
@@ -277,13 +251,13 @@ class SQLiteLedger:
                 if n < _PRUNE_CHUNK:
                     return total
 
-        return await self._read(run)  # type: ignore[no-any-return]
+        return await self._read(run)
 
     async def close(self) -> None:
         await stop_task(self._pruner)
         self._pruner = None
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put_nowait(STOP)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
         if self._checkpointer is not None:

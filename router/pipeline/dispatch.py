@@ -13,7 +13,7 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from policies.base import Scored
-from providers.base import EventStream, Provider, ProviderError, UpstreamRequest
+from providers.base import Endpoint, EventStream, Provider, ProviderError, UpstreamRequest
 from router.config import RoutingConfig
 from router.errors import GatewayError, InvalidRequest, NoBackendAvailable, UpstreamRejected
 from router.fleet.backend_stats import StatsBook
@@ -102,7 +102,7 @@ def dump_object(payload: dict[str, object]) -> bytes:
 
 
 def upstream_request(
-    endpoint: str, payload: dict[str, object], raw: bytes, scored: Scored, model: str, add_stream_usage: bool
+    endpoint: Endpoint, payload: dict[str, object], raw: bytes, scored: Scored, model: str, add_stream_usage: bool
 ) -> UpstreamRequest:
     """The body for one backend: the client's bytes as they came unless this backend needs a
     change (another model name, no identifying fields, a usage chunk asked for)."""
@@ -117,10 +117,10 @@ def upstream_request(
             changes["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
     strip = info.backend_class == "volunteer" and any(k in payload for k in _IDENTIFYING)
     if not changes and not strip:
-        return UpstreamRequest(endpoint, payload, raw)  # type: ignore[arg-type]
+        return UpstreamRequest(endpoint, payload, raw)
     body = {k: v for k, v in payload.items() if not (strip and k in _IDENTIFYING)}
     body.update(changes)
-    return UpstreamRequest(endpoint, body, dump_object(body))  # type: ignore[arg-type]
+    return UpstreamRequest(endpoint, body, dump_object(body))
 
 
 class Dispatcher:

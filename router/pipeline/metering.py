@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from policies.base import Scored
+from providers.base import Endpoint
 from router.ledger.base import Kind, Outcome, UsageRecord
 from router.metrics import Metrics
 from router.pipeline.planner import Plan
@@ -23,7 +24,7 @@ class RequestContext:
     request_id: str
     tenant: str
     model: str
-    endpoint: str
+    endpoint: Endpoint
     stream: bool
     received_ts: float  # wall clock, for the ledger
     started: float  # perf_counter, for latency

@@ -24,6 +24,10 @@ SORTS = ("price", "latency", "throughput")
 _KNOWN = frozenset(
     {"order", "only", "ignore", "allow_fallbacks", "sort", "max_price", "data_collection", "require_parameters"}
 )
+# A client's list of names is walked per request, and each name may become a planner cache key: an
+# unbounded list (9 MB once) blocks the loop and flushes that cache. OpenRouter takes a handful.
+MAX_NAMES = 8
+MAX_NAME_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +83,15 @@ def _names(obj: Mapping[str, Any], key: str, param: str | None = None) -> list[s
     value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise _bad(param or f"provider.{key}", "an array of names")
+    param = param or f"provider.{key}"
+    if not isinstance(value, list):
+        raise _bad(param, "an array of names")
+    if len(value) > MAX_NAMES:
+        raise InvalidRequest(
+            f"'{param}' lists {len(value)} names; at most {MAX_NAMES} are allowed.", param=param, code="invalid_value"
+        )
+    if not all(isinstance(v, str) and 0 < len(v) <= MAX_NAME_CHARS for v in value):
+        raise _bad(param, f"an array of names of at most {MAX_NAME_CHARS} characters")
     return value
 
 

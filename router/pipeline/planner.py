@@ -20,10 +20,11 @@ from policies import filters, pickers, selection
 from policies.base import CLASS_TRUST, Constraints, PolicySpec, Profile, RequestShape, Scored
 from policies.selection import Admitted, Group, Ranking, Reach
 from providers.base import BackendInfo
+from router.carbon import CarbonTable, UnknownZone
 from router.config import BackendConfig, FederationConfig
 from router.errors import GatewayError, ModelNotFound, NoBackendAvailable
 from router.fleet.backend_stats import StatsBook
-from router.fleet.energy import CarbonTable, EcologitsEnergy, EnergyBook, UnknownZone, power_watts, static_estimate
+from router.fleet.energy import EcologitsEnergy, EnergyBook, power_watts, static_estimate
 from router.pipeline import overrides
 from router.pipeline.overrides import Override
 from router.state.base import store_key

@@ -178,7 +178,7 @@ class RedisStore:
 
     async def _run(self, pipe: Any) -> list[Any]:
         try:
-            return await pipe.execute()  # type: ignore[no-any-return]
+            return await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from None
 

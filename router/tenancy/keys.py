@@ -26,6 +26,7 @@ import orjson
 
 from router.config import RateLimits
 from router.ledger.sqlite import connect
+from router.tenancy.key_cache import KeyCache
 
 T = TypeVar("T")
 
@@ -42,7 +43,7 @@ CREATE TABLE IF NOT EXISTS tenants (
 # Columns added after the first release: older databases gain them at start.
 _ADDED = {"name": "TEXT", "expires_at": "REAL", "models": "TEXT", "limits": "TEXT"}
 _FIELDS = "key_id, tenant, name, created, expires_at, revoked, models, limits"
-_CACHE_MAX = 100_000
+_CACHE_MAX = 100_000  # lookups held of each kind, known keys and unknown ones (see key_cache)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +102,14 @@ class KeyStore:
     """Keys and tenants in one SQLite file. The plain methods block (the CLI calls them); the
     gateway runs them through ``run``, one at a time on a worker thread."""
 
-    def __init__(self, path: str, cache_s: float = 10.0) -> None:
+    def __init__(self, path: str, cache_s: float = 10.0, cache_max: int = _CACHE_MAX) -> None:
         self._conn = connect(path)
         self._conn.executescript(_SCHEMA)
         have = {row[1] for row in self._conn.execute("PRAGMA table_info(api_keys)")}
         for column, kind in _ADDED.items():
             if column not in have:
                 self._conn.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._cache: KeyCache[KeyRecord] = KeyCache(cache_max)
         self._cache_s = cache_s
         self._lock = asyncio.Lock()
 
@@ -157,7 +158,7 @@ class KeyStore:
                 None if r.limits is None else r.limits.model_dump_json(exclude_none=True),
             ),
         )
-        self._cache.pop(key_hash, None)  # a cached "no such key" must not outlive its creation
+        self._cache.pop(key_hash)  # a cached "no such key" must not outlive its creation
 
     def get(self, key_id: str) -> KeyRecord | None:
         row = self._conn.execute(f"SELECT {_FIELDS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
@@ -206,7 +207,7 @@ class KeyStore:
     def _forget(self, key_id: str) -> None:
         row = self._conn.execute("SELECT key_hash FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
         if row:
-            self._cache.pop(row[0], None)
+            self._cache.pop(row[0])
 
     def _find(self, key_hash: str) -> KeyRecord | None:
         row = self._conn.execute(f"SELECT key_hash, {_FIELDS} FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
@@ -225,9 +226,7 @@ class KeyStore:
             async with self._lock:
                 record = await asyncio.to_thread(self._find, key_hash)
                 # Stored under the lock, so a revoke that ran meanwhile cannot be overwritten by this read.
-                if len(self._cache) > _CACHE_MAX:
-                    self._cache.clear()
-                self._cache[key_hash] = (record, now + self._cache_s)
+                self._cache.put(key_hash, record, now + self._cache_s)
         return record if record is not None and record.status(time.time()) == "active" else None
 
     # -- tenants -----------------------------------------------------------------------------

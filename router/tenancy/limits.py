@@ -185,7 +185,7 @@ class MemoryLimits:
         if None in news:
             return checked, first_refusal(checked)
         for (bucket, _), new in zip(checked, news, strict=True):
-            self._tat[bucket.key] = new  # type: ignore[assignment]
+            self._tat[bucket.key] = new  # type: ignore[assignment]  # not None: a refusal returned above
         return checked, None
 
     def blocked(self, slots: list[tuple[str, int]]) -> RateLimited | None:

@@ -8,14 +8,20 @@ carry another tenant's name, key ids or request ids, nor change what that tenant
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from router.app import create_app
+from router.config import parse_config
+from router.settings import Settings
 from tests.conftest import backend_entry
+from tests.servers import ADMIN_KEY, start_server
 
 MINE, THEIRS = "tenant-a", "zz-tenant-b"
 
@@ -149,3 +155,50 @@ def test_a_tenant_key_cannot_act_as_admin_even_with_the_admin_key_as_a_tenant_na
     ):
         resp = httpx.request(method, gw.url + path, headers=gw.auth(MINE), json=json, timeout=10)
         assert resp.status_code == 401, (method, path)
+
+
+def _raw_status(url: str, method: str, path: str, authorization: str) -> int:
+    """The status of one request sent as written, blanks and all (httpx refuses a header value
+    that ends in a blank, which is the attack)."""
+    host, port = url.removeprefix("http://").split(":")
+    head = f"{method} {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: {authorization}\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"{head}content-length: 0\r\nconnection: close\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("bearer", ["", " ", "Bearer", "Bearer ", "Bearer  ", "bearer x", f"Bearer {ADMIN_KEY[:-1]}"])
+def test_admin_routes_refuse_an_empty_or_wrong_bearer(world, bearer):
+    """An empty admin key once matched an empty bearer; now neither side may be empty."""
+    gw, _, _ = world
+    for method, path in (("GET", "/admin/v1/usage"), ("GET", "/metrics"), ("POST", "/admin/v1/keys")):
+        assert _raw_status(gw.url, method, path, bearer) == 401, (bearer, path)
+    assert _raw_status(gw.url, "GET", "/admin/v1/usage", f"Bearer {ADMIN_KEY}") == 200
+
+
+def test_the_admin_key_is_compared_stripped_on_both_sides(start_sim_backend, tmp_path):
+    """A key read with a stray newline (an env file) and a bearer with trailing blanks are the same key."""
+    sim = start_sim_backend("dc1")
+    config = parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": MINE}]})
+    app = create_app(config, Settings(ledger=f"sqlite:///{tmp_path / 'l.db'}", admin_key=f"  {ADMIN_KEY}\n"))
+    server, thread, port = start_server(app)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert _raw_status(base, "GET", "/admin/v1/usage", f"Bearer {ADMIN_KEY}") == 200
+        assert _raw_status(base, "GET", "/admin/v1/usage", f"Bearer  {ADMIN_KEY} ") == 200
+        assert _raw_status(base, "GET", "/admin/v1/usage", f"Bearer {ADMIN_KEY}x") == 401
+        assert _raw_status(base, "GET", "/admin/v1/usage", "Bearer ") == 401
+    finally:
+        server.stop()
+        thread.join(10)
+
+
+@pytest.mark.parametrize(("key", "fragment"), [("", "set but empty"), ("  \t ", "set but empty"), ("x" * 15, "15")])
+def test_an_empty_or_short_admin_key_is_refused(key, fragment):
+    with pytest.raises(ValidationError, match=fragment):
+        Settings(admin_key=key)
+    assert Settings(admin_key=None).admin_key is None
+    assert Settings(admin_key=" " + "k" * 16 + " ").admin_key.get_secret_value() == "k" * 16

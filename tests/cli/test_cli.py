@@ -269,3 +269,30 @@ def test_demo_policies_route_differently(tmp_path):
     assert top["eu-gov"] == "eu-sovereign"
     assert top["green"] == "volunteer-berlin"  # lowest joules per token, lowest carbon
     assert top["frugal"] == "volunteer-berlin"  # free
+
+
+@pytest.mark.parametrize(
+    ("key", "fragment"), [("", "is set but empty"), ("   ", "is set but empty"), ("short-key", "9 characters")]
+)
+def test_serve_refuses_an_empty_or_short_admin_key(sim_and_config, key, fragment):
+    _, cfg, ledger = sim_and_config
+    args = ("serve", "--config", str(cfg), "--port", str(_free_port()), "--ledger", ledger)
+    result = _run(*args, env={"FEDROUTER_ADMIN_KEY": key})
+    assert result.returncode == 2
+    assert fragment in result.stderr and "FEDROUTER_ADMIN_KEY" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_serve_without_an_admin_key_says_the_admin_api_is_off(sim_and_config, monkeypatch):
+    monkeypatch.delenv("FEDROUTER_ADMIN_KEY", raising=False)
+    _, cfg, ledger = sim_and_config
+    port = _free_port()
+    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
+        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+        for path in ("/admin/v1/usage", "/metrics"):
+            for bearer in ("", "Bearer", "Bearer x"):
+                r = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"authorization": bearer}, timeout=5)
+                assert r.status_code == 403 and "disabled" in r.json()["error"]["message"], (path, bearer)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+    assert "FEDROUTER_ADMIN_KEY is not set: the admin API and /metrics are off" in stderr

@@ -10,8 +10,9 @@ from ecologits.tracers.utils import llm_impacts
 
 from policies.base import EnergyEstimate, Profile, Stats
 from providers.base import BackendInfo
+from router.carbon import CarbonTable, UnknownZone
 from router.config import ConfigError, parse_config
-from router.fleet.energy import CarbonTable, EcologitsEnergy, EnergyBook, UnknownZone, power_watts, static_estimate
+from router.fleet.energy import EcologitsEnergy, EnergyBook, power_watts, static_estimate
 from tests.conftest import backend_entry
 
 MSG = [{"role": "user", "content": "hello"}]

@@ -315,3 +315,99 @@ def test_gateway_on_a_postgres_ledger_keeps_keys_in_sqlite(start_sim_backend, tm
     rows = [r for r in parse(exported.stdout.encode(), "jsonl") if r["request_id"] == request_id]
     assert len(rows) == 1 and rows[0]["output_tokens"] == 4 and rows[0]["key_id"].startswith("key_")
     assert (tmp_path / "keys.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("span", "param"),
+    [
+        ({"from": "9999-12-31", "to": "9999-12-31"}, "from"),  # once an OverflowError in the ledger
+        ({"from": "2025-01-01", "to": "9999-12-31"}, "to"),
+        ({"from": "0001-01-01", "to": "2025-01-01"}, "from"),
+        ({"from": "2025-02-02", "to": "2025-02-01"}, "from"),  # reversed
+        ({"from": "2025-02-30", "to": "2025-03-01"}, "from"),  # no such day
+    ],
+)
+def test_bad_ranges_are_400_on_every_route_that_takes_one(gw, span, param):
+    with httpx.Client(base_url=gw.url, timeout=10) as client:  # one kept-alive connection throughout
+        for path, headers in (
+            ("/v1/usage/export", gw.auth()),
+            ("/admin/v1/usage/export", gw.admin()),
+            ("/admin/v1/payouts", gw.admin()),
+        ):
+            r = client.get(path, params=span, headers=headers)
+            assert r.status_code == 400, (path, r.text)
+            err = r.json()["error"]
+            assert (err["param"], err["type"]) == (param, "invalid_request_error"), path
+            assert r.headers["x-should-retry"] == "false"
+        assert client.get("/healthz").status_code == 200  # the connection still answers in turn
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--from", "9999-12-31", "--to", "9999-12-31"], "--from 9999-12-31 is outside"),
+        (["--from", "2025-01-01", "--to", "9999-12-31"], "--to 9999-12-31 is outside"),
+    ],
+)
+@pytest.mark.parametrize("command", ["export", "payouts"])
+def test_cli_out_of_range_dates_are_one_line_and_exit_2(tmp_path: Path, command, args, fragment):
+    result = run_cli(command, *args, "--ledger", f"sqlite:///{tmp_path / 'none.db'}")
+    assert result.returncode == 2
+    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+FORMULA = '=HYPERLINK("http://evil.example","x")'
+
+
+def test_cells_a_spreadsheet_would_run_are_neutralised(start_sim_backend, start_gateway):
+    """OWASP's CSV injection: a text cell that begins with = + - @ (or a tab or CR) gets a leading
+    quote in CSV and FOCUS; numbers stay numbers, and JSON Lines is left as it is."""
+    sim = start_sim_backend("dc1", models=[FORMULA, "@m"])
+    gw = start_gateway([backend_entry(sim, models=[FORMULA, "@m"])])
+    client = gw.client()
+    for model in (FORMULA, "@m"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    csv_rows = parse(fetch(gw, "/admin/v1/usage/export", gw.admin(), format="csv").content, "csv")
+    assert sorted(r["model"] for r in csv_rows) == ["'" + FORMULA, "'@m"]
+    assert all(Decimal(r["cost_usd"]) > 0 and float(r["latency_ms"]) >= 0 for r in csv_rows)
+    focus = parse(fetch(gw, "/admin/v1/usage/export", gw.admin(), format="focus").content, "focus")
+    assert sorted(r["x_Model"] for r in focus) == ["'" + FORMULA, "'@m"]
+    assert all(Decimal(r["BilledCost"]) > 0 for r in focus)
+    jsonl = parse(fetch(gw, "/admin/v1/usage/export", gw.admin(), format="jsonl").content, "jsonl")
+    assert sorted(r["model"] for r in jsonl) == [FORMULA, "@m"]
+
+
+@pytest.mark.parametrize(
+    ("text", "cell"),
+    [
+        ("=1+2", "'=1+2"),
+        ("+cmd", "'+cmd"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("-", "'-"),
+        ("-0.5", "-0.5"),  # a number written as text stays a number
+        ("-1e3", "-1e3"),
+        ("plain", "plain"),
+    ],
+)
+def test_neutral_cells(text, cell):
+    from router.ledger.exports import neutral
+
+    assert neutral(text) == cell
+
+
+@pytest.mark.asyncio
+async def test_negative_numbers_stay_numbers_in_csv():
+    from router.ledger.exports import export_payouts
+
+    row = {"backend": "-b", "requests": -1, "revenue_usd": -0.25, "energy_wh": -1.5}
+    body = b"".join([chunk async for chunk in export_payouts([row], "csv")])
+    got = parse(body, "csv")[0]
+    assert (got["backend"], got["requests"], got["revenue_usd"], got["energy_wh"]) == (
+        "'-b",
+        "-1",
+        "-0.250000000000",
+        "-1.500000000000",
+    )

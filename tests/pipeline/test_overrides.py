@@ -114,12 +114,30 @@ def test_widening_overrides_are_refused(fed, tenant, provider, param):
         ({"provider": "a"}, "provider"),
         ({"models": "m2"}, "models"),
         ({"provider": {"max_price": {"completion": -1}}}, "provider.max_price.completion"),
+        ({"models": ["m2"] * 9}, "models"),
+        ({"provider": {"order": ["a"] * 9}}, "provider.order"),
+        ({"provider": {"only": ["a"] * 9}}, "provider.only"),
+        ({"provider": {"ignore": ["v"] * 9}}, "provider.ignore"),
+        ({"models": ["m" * 257]}, "models"),
     ],
 )
 def test_malformed_overrides_are_400(fed, body, param):
     r = _post(fed, **body)
     assert r.status_code == 400
     assert r.json()["error"]["param"] == param
+
+
+def test_a_huge_models_list_is_refused_at_once(fed):
+    """A 9 MB list once held the loop for 6 s: refused as soon as it is counted, naming the cap,
+    while other requests are served and nothing reaches a backend."""
+    models = [f"model-{i:07d}" for i in range(400_000)]  # about 6 MB of JSON
+    r = _post(fed, "other", model="no-such-model", models=models)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "models" and "at most 8" in err["message"]
+    assert r.headers["x-should-retry"] == "false"
+    assert sum(s.stats()["requests"] for s in fed.sims.values()) == 0
+    assert _post(fed, "other", model="no-such-model", models=["m-vol", "m2"] + ["m2"] * 6).status_code == 200
 
 
 def test_request_models_fall_back_in_order(fed):

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from policies.base import Stats
+from router.config import RoutingConfig
 from router.fleet.backend_stats import EjectionPolicy, StatsBook
 from router.state import MemorySpace, MemoryStore
 from router.state.redis import RedisStore
@@ -94,7 +95,7 @@ routing: {{exploration: 0.0, retries_per_backend: 0, eject_after_failures: 2, ej
 
 async def _pair(kind: str, prefix: str) -> tuple[StatsBook, StatsBook]:
     groups = {"m1": ["a", "b"]}
-    policy = EjectionPolicy(after_failures=2, base_s=0.4)
+    policy = EjectionPolicy.of(RoutingConfig(eject_after_failures=2, eject_seconds=0.4))
     if kind == "memory":
         space = MemorySpace()
         stores = [MemoryStore("r1", space), MemoryStore("r2", space)]
