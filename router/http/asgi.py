@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from providers.base import Endpoint
 from router.errors import GatewayError
 from router.http.body import read_body
 from router.http.entry import Entry, RequestIds, error_answer, failure, inference_route
@@ -88,12 +89,12 @@ class FastPath:
         finally:
             shedder.leave()
 
-    async def _handle(self, scope: Scope, receive: Receive, endpoint: str) -> Answer | StreamAnswer | None:
+    async def _handle(self, scope: Scope, receive: Receive, endpoint: Endpoint) -> Answer | StreamAnswer | None:
         """The gateway's answer, or None if the client left first (its work is cancelled then)."""
         body = await read_body(scope, receive, self.entry.max_body)
         authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
         work = asyncio.ensure_future(
-            self.entry.gateway.handle(endpoint, authorization, body, scope["state"]["request_id"])  # type: ignore[arg-type]
+            self.entry.gateway.handle(endpoint, authorization, body, scope["state"]["request_id"])
         )
         watch = asyncio.ensure_future(wait_disconnect(receive))
         try:

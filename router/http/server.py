@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from email.utils import formatdate
 
+from providers.base import Endpoint
 from router.http.asgi import GatewayApp
 from router.http.bridge import run_asgi
 from router.http.entry import Entry, decoded_path, failure, inference_route, last_event
@@ -135,7 +136,9 @@ class Server:
         finally:
             shedder.leave()
 
-    async def _inference(self, conn: Connection, request: Request, endpoint: str, request_id: str, rid: bytes) -> None:
+    async def _inference(
+        self, conn: Connection, request: Request, endpoint: Endpoint, request_id: str, rid: bytes
+    ) -> None:
         send = StreamSend(conn, request, rid)
         # A client that leaves before its answer cancels it (connection_lost), and with it the
         # upstream call; the gateway records what the backend had been given.
@@ -143,7 +146,7 @@ class Server:
         try:
             try:
                 result = await self.entry.gateway.handle(
-                    endpoint,  # type: ignore[arg-type]
+                    endpoint,
                     request.header(b"authorization"),
                     request.body,
                     request_id,
@@ -161,9 +164,10 @@ class Server:
             if send.started:  # after the stream's first event: it ends with one error event
                 await _end_stream(send, last_event(exc, where))
                 return
-            result = failure(exc, where)  # type: ignore[assignment]
-            if result is None:
-                return
+            answer = failure(exc, where)
+            if answer is not None:
+                self._write(conn, request, answer, rid)
+            return
         if isinstance(result, Answer):
             self._write(conn, request, result, rid)
         else:
