@@ -64,6 +64,23 @@ def start_uvicorn(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
 
 
 @contextlib.contextmanager
+def uvicorn_gateway(backend: dict[str, Any]) -> Iterator[tuple[int, str]]:
+    """The app for ``backend`` and tenant "acme" under uvicorn until the block ends; yields its
+    port and a key of acme's."""
+    app = create_app(
+        parse_config({"backends": [backend], "tenants": [{"name": "acme"}]}),
+        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
+    )
+    key = app.state.keys.create("acme")[0]
+    server, thread, port = start_uvicorn(app)
+    try:
+        yield port, key
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@contextlib.contextmanager
 def serve(raw_config: dict[str, Any], **settings: Any) -> Iterator[str]:
     """Run a gateway for ``raw_config`` until the block ends; yields its base URL."""
     app = create_app(parse_config(raw_config), Settings(admin_key=ADMIN_KEY, **settings))

@@ -12,12 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from router.app import create_app
-from router.config import parse_config
-from router.settings import Settings
 from tests.conftest import Sim, backend_entry
 from tests.http.test_server import request
-from tests.servers import ADMIN_KEY, start_uvicorn, wait_for
+from tests.servers import ADMIN_KEY, uvicorn_gateway, wait_for
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -26,13 +23,7 @@ def test_inference_under_uvicorn_cancels_its_upstream_when_the_client_leaves(
     start_sim_backend: Callable[..., Sim],
 ) -> None:
     sim = start_sim_backend("uvslow", ttft_s=4.0)
-    app = create_app(
-        parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
-        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
-    )
-    key = app.state.keys.create("acme")[0]
-    server, thread, port = start_uvicorn(app)
-    try:
+    with uvicorn_gateway(backend_entry(sim)) as (port, key):
         body = orjson.dumps(
             {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
         )
@@ -46,9 +37,6 @@ def test_inference_under_uvicorn_cancels_its_upstream_when_the_client_leaves(
         assert wait_for(lambda: sim.stats()["cancelled_streams"] == 1, 2.0)
         assert time.monotonic() - left < 2.5
         assert sim.stats()["completed"] == 0
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_an_unread_stream_under_uvicorn_is_ended_at_its_backends_total(
@@ -58,13 +46,7 @@ def test_an_unread_stream_under_uvicorn_is_ended_at_its_backends_total(
     still bounds the relay: the stream is ended, the backend's stream cancelled, and the tokens
     so far billed as a disconnect."""
     sim = start_sim_backend("uvfast", reply="word " * 400)
-    app = create_app(
-        parse_config({"backends": [backend_entry(sim, timeouts={"total": 2.0})], "tenants": [{"name": "acme"}]}),
-        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
-    )
-    key = app.state.keys.create("acme")[0]
-    server, thread, port = start_uvicorn(app)
-    try:
+    with uvicorn_gateway(backend_entry(sim, timeouts={"total": 2.0})) as (port, key):
         body = orjson.dumps(
             {"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 60000, "stream": True}
         )
@@ -83,6 +65,3 @@ def test_an_unread_stream_under_uvicorn_is_ended_at_its_backends_total(
         recent = wait_for(rows)
         assert len(recent) == 1 and recent[0]["outcome"] == "client_disconnected"
         assert 0 < recent[0]["output_tokens"] < 60000  # type: ignore[operator]
-    finally:
-        server.should_exit = True
-        thread.join(10)
