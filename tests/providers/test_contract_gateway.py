@@ -1,12 +1,13 @@
-"""Upstreams that misbehave at the byte level, through the whole gateway: a raw TCP server writes
-exactly the bytes (and pauses) each test scripts, beside a well-behaved simulated backend."""
+"""The provider contract through the whole gateway: what a client (and the ledger, and /metrics)
+sees when a backend misbehaves, with a scripted upstream (cheapest, so tried first) beside a
+well-behaved simulated one. Unit-level cases of the same faults are in test_contract.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,101 +16,46 @@ import pytest
 
 from tests.conftest import backend_entry
 from tests.openai_schema import validate
+from tests.providers.upstreams import (
+    ANSWER,
+    KINDS,
+    LITELLM_COERCES_COUNTS,
+    LITELLM_INVENTS_AN_ANSWER,
+    LITELLM_INVENTS_USAGE,
+    LITELLM_STATUS_UNNAMED,
+    LITELLM_TOTAL_PER_READ,
+    LITELLM_UNNAMED_TIMEOUTS,
+    MODEL,
+    PARSERS,
+    SSE_HEAD,
+    Kind,
+    Scripted,
+    chunk_event,
+    json_answer,
+    kinds,
+    warm_up,
+)
 
 MSG = [{"role": "user", "content": "hello"}]
-SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
-Step = bytes | float  # bytes to write, or seconds to pause
+# How each kind reads these bytes is tested in test_contract.py; past the provider the gateway's
+# path is the same for every kind, so through the gateway they run for the kind that relays them.
+READ_IN_CONTRACT = "its reading of these bytes is tested in test_contract.py; the gateway's part is kind-blind"
+# litellm's first call imports a module whose pydantic TypedDicts warn about ``ReadOnly``; that only.
+pytestmark = pytest.mark.filterwarnings("ignore:Items? .* (is|are) using the `ReadOnly` qualifier:UserWarning")
 
 
-def chunk_event(text: str | None = None, finish: str | None = None, **extra: Any) -> bytes:
-    delta = {"content": text} if text is not None else {}
-    body = {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m1",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        **extra,
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+@pytest.fixture(scope="module", autouse=True)
+def warm_kinds(loop_thread) -> None:
+    """Every kind's first call made before the cases set their deadlines (the gateways run in
+    this process, so what a first call imports is imported for them too)."""
+    loop_thread.run(warm_up(), timeout=60)
 
 
-def json_answer(body: dict[str, Any] | bytes, status: bytes = b"200 OK") -> bytes:
-    raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    return b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
-        status,
-        len(raw),
-        raw,
-    )
-
-
-class Scripted:
-    """Answers each request with ``steps``, then closes the connection."""
-
-    def __init__(self) -> None:
-        self.steps: list[Step] = []
-        self.requests = 0
-        self.port = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
-            await reader.readexactly(int(length.group(1)) if length else 0)
-            self.requests += 1
-            for step in list(self.steps):
-                if isinstance(step, bytes):
-                    writer.write(step)
-                    await writer.drain()
-                else:
-                    await asyncio.sleep(step)
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-    async def stop(self, server: asyncio.Server) -> None:
-        server.close()
-        for task in list(self._tasks):  # answers still pausing
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def start(self) -> asyncio.Server:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        return server
-
-
-@pytest.fixture
-def scripted(loop_thread) -> Iterator[Scripted]:
-    upstream = Scripted()
-    server = loop_thread.run(upstream.start())
-    yield upstream
-    loop_thread.run(upstream.stop(server))
-
-
-def _gateway(scripted: Scripted, start_sim_backend, start_gateway, **timeouts: float):
-    """The scripted upstream (cheapest, so tried first) and a good simulated one."""
+def _gateway(kind: Kind, scripted: Scripted, start_sim_backend, start_gateway, **timeouts: float):
+    """The scripted upstream behind a provider of ``kind``, and a good simulated backend."""
     good = start_sim_backend("good")
-    limits = {"connect": 2.0, "first_token": 5.0, "idle": 5.0, "total": 30.0, **timeouts}
     gw = start_gateway(
-        [
-            {
-                "name": "scripted",
-                "class": "datacenter",
-                "type": "openai",
-                "base_url": f"http://127.0.0.1:{scripted.port}/v1",
-                "models": ["m1"],
-                "price": {"input": 0, "output": 0},
-                "timeouts": limits,
-            },
-            backend_entry(good, price={"input": 9, "output": 9}),
-        ],
+        [kind.config(scripted.base_url, **timeouts), backend_entry(good, price={"input": 9, "output": 9})],
         routing={"exploration": 0.0, "eject_after_failures": 100},
     )
     gw.sims = {"good": good}
@@ -137,23 +83,29 @@ def _text(events: list[dict[str, Any]]) -> str:
 # -- line endings ----------------------------------------------------------------------------------
 
 
+@kinds(omit=dict.fromkeys(PARSERS, READ_IN_CONTRACT))
 @pytest.mark.parametrize("ending", [b"\r", b"\r\n"], ids=["cr", "crlf"])
-def test_every_sse_line_ending_is_understood(scripted, start_sim_backend, start_gateway, ending: bytes) -> None:
+def test_every_sse_line_ending_is_understood(
+    provider_kind, scripted, start_sim_backend, start_gateway, ending: bytes
+) -> None:
     scripted.steps = [SSE_HEAD] + [
         e.replace(b"\n", ending)
         for e in (chunk_event("Hello"), chunk_event(" there"), chunk_event(finish="stop"), b"data: [DONE]\n\n")
     ]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     resp, events, _ = _stream(gw)
     assert resp.headers["x-fedrouter-backend"] == "scripted"
     assert _text(events) == "Hello there"
 
 
-def test_a_crlf_split_across_reads_ends_the_event_at_once(scripted, start_sim_backend, start_gateway) -> None:
+@kinds(omit=dict.fromkeys(PARSERS, READ_IN_CONTRACT))
+def test_a_crlf_split_across_reads_ends_the_event_at_once(
+    provider_kind, scripted, start_sim_backend, start_gateway
+) -> None:
     """The event is complete at its CR; the LF after it comes 1.5 s later, past first_token."""
     first = chunk_event("Hello").replace(b"\n", b"\r\n")
     scripted.steps = [SSE_HEAD, first[:-1], 1.5, b"\n", chunk_event(" you", finish="stop"), b"data: [DONE]\n\n"]
-    gw = _gateway(scripted, start_sim_backend, start_gateway, first_token=1.0)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway, first_token=1.0)
     resp, events, _ = _stream(gw)
     assert (resp.headers["x-fedrouter-backend"], _text(events)) == ("scripted", "Hello you")
 
@@ -161,17 +113,21 @@ def test_a_crlf_split_across_reads_ends_the_event_at_once(scripted, start_sim_ba
 # -- deadlines count events, not bytes ---------------------------------------------------------
 
 
-def test_comments_do_not_put_off_the_first_token_deadline(scripted, start_sim_backend, start_gateway) -> None:
+@kinds(omit=dict.fromkeys(PARSERS, READ_IN_CONTRACT))
+def test_comments_do_not_put_off_the_first_token_deadline(
+    provider_kind, scripted, start_sim_backend, start_gateway
+) -> None:
     scripted.steps = [SSE_HEAD] + [b": keep-alive\n\n", 0.1] * 60
-    gw = _gateway(scripted, start_sim_backend, start_gateway, first_token=0.5)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway, first_token=0.5)
     resp, events, took = _stream(gw)
     assert resp.headers["x-fedrouter-backend"] == "good" and _text(events)
     assert took < 3.0, f"fell back only after {took:.1f} s; the comments kept it waiting"
 
 
-def test_comments_do_not_put_off_the_idle_deadline(scripted, start_sim_backend, start_gateway) -> None:
+@kinds(pending={"litellm": LITELLM_UNNAMED_TIMEOUTS})
+def test_comments_do_not_put_off_the_idle_deadline(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [SSE_HEAD, chunk_event("Hello")] + [b": keep-alive\n\n", 0.1] * 60
-    gw = _gateway(scripted, start_sim_backend, start_gateway, idle=0.5)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway, idle=0.5)
     resp, events, took = _stream(gw)
     assert resp.headers["x-fedrouter-backend"] == "scripted"
     assert "timeouts.idle" in events[-1]["error"]["message"] and took < 3.0
@@ -179,9 +135,10 @@ def test_comments_do_not_put_off_the_idle_deadline(scripted, start_sim_backend, 
     assert _text(events[:-1]) == "Hello"
 
 
-def test_total_bounds_a_stream_that_keeps_going(scripted, start_sim_backend, start_gateway) -> None:
+@kinds(pending={"litellm": LITELLM_UNNAMED_TIMEOUTS})
+def test_total_bounds_a_stream_that_keeps_going(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [SSE_HEAD] + [chunk_event("x"), 0.1] * 100
-    gw = _gateway(scripted, start_sim_backend, start_gateway, total=1.0)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway, total=1.0)
     resp, events, took = _stream(gw)
     assert resp.headers["x-fedrouter-backend"] == "scripted"
     assert "timeouts.total" in events[-1]["error"]["message"] and took < 3.0
@@ -189,11 +146,12 @@ def test_total_bounds_a_stream_that_keeps_going(scripted, start_sim_backend, sta
     assert (row["backend"], row["outcome"]) == ("scripted", "upstream_error")
 
 
-def test_total_bounds_a_body_that_trickles_in(scripted, start_sim_backend, start_gateway) -> None:
+@kinds(pending={"litellm": LITELLM_TOTAL_PER_READ})
+def test_total_bounds_a_body_that_trickles_in(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     body = orjson.dumps({"id": "x", "object": "chat.completion", "choices": []})
     head = json_answer(body)[: -len(body)]
     scripted.steps = [head] + [step for byte in body for step in (bytes([byte]), 0.1)]
-    gw = _gateway(scripted, start_sim_backend, start_gateway, total=1.0)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway, total=1.0)
     started = time.monotonic()
     resp = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, max_tokens=4)
     assert resp.headers["x-fedrouter-backend"] == "good" and time.monotonic() - started < 3.0
@@ -209,9 +167,9 @@ def test_total_bounds_a_body_that_trickles_in(scripted, start_sim_backend, start
         {"id": "x", "object": "chat.completion", "choices": None},
     ],
 )
-def test_a_200_without_choices_falls_back(scripted, start_sim_backend, start_gateway, body) -> None:
+def test_a_200_without_choices_falls_back(provider_kind, scripted, start_sim_backend, start_gateway, body) -> None:
     scripted.steps = [json_answer(body)]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     resp = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, max_tokens=4)
     assert (resp.headers["x-fedrouter-backend"], resp.headers["x-fedrouter-attempts"]) == ("good", "2")
     assert resp.parse().choices[0].message.content
@@ -220,14 +178,17 @@ def test_a_200_without_choices_falls_back(scripted, start_sim_backend, start_gat
 # -- the backend's own 4xx ----------------------------------------------------------------------
 
 
+@kinds(pending={"litellm": LITELLM_STATUS_UNNAMED})
 @pytest.mark.parametrize("status", [b"401 Unauthorized", b"403 Forbidden", b"404 Not Found"])
-def test_a_backends_own_4xx_falls_back(scripted, start_sim_backend, start_gateway, status: bytes) -> None:
+def test_a_backends_own_4xx_falls_back(
+    provider_kind, scripted, start_sim_backend, start_gateway, status: bytes
+) -> None:
     """Its credentials or its models: nothing the client did, so another backend answers; alone,
     the client gets 503 naming the backend's answer, never a 401 that blames its own key."""
     scripted.steps = [
         json_answer({"error": {"message": "upstream says no", "type": "x", "param": None, "code": None}}, status=status)
     ]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     resp = gw.client().chat.completions.with_raw_response.create(model="m1", messages=MSG, max_tokens=4)
     assert (resp.headers["x-fedrouter-backend"], resp.headers["x-fedrouter-attempts"]) == ("good", "2")
     alone = httpx.post(
@@ -241,7 +202,9 @@ def test_a_backends_own_4xx_falls_back(scripted, start_sim_backend, start_gatewa
     assert f"HTTP {status[:3].decode()}" in alone.json()["error"]["message"]
 
 
-def test_a_request_a_backend_refuses_is_relayed_not_retried(scripted, start_sim_backend, start_gateway) -> None:
+def test_a_request_a_backend_refuses_is_relayed_not_retried(
+    provider_kind, scripted, start_sim_backend, start_gateway
+) -> None:
     scripted.steps = [
         json_answer(
             {
@@ -255,7 +218,7 @@ def test_a_request_a_backend_refuses_is_relayed_not_retried(scripted, start_sim_
             status=b"400 Bad Request",
         )
     ]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     resp = httpx.post(
         gw.url + "/v1/chat/completions",
         headers=gw.auth(),
@@ -269,22 +232,7 @@ def test_a_request_a_backend_refuses_is_relayed_not_retried(scripted, start_sim_
 # -- usage a backend reports ---------------------------------------------------------------------
 
 
-ANSWER = {
-    "id": "x",
-    "object": "chat.completion",
-    "created": 1,
-    "model": "m1",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "Hello there", "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }
-    ],
-}
-
-
+@kinds(pending={"litellm": LITELLM_COERCES_COUNTS})
 @pytest.mark.parametrize(
     "usage",
     [
@@ -293,9 +241,11 @@ ANSWER = {
         {"prompt_tokens": 10**15, "completion_tokens": 2},
     ],
 )
-def test_unbelievable_usage_is_counted_instead(scripted, start_sim_backend, start_gateway, usage) -> None:
+def test_unbelievable_usage_is_counted_instead(
+    provider_kind, scripted, start_sim_backend, start_gateway, usage
+) -> None:
     scripted.steps = [json_answer({**ANSWER, "usage": usage})]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     answer = gw.client().chat.completions.create(model="m1", messages=MSG, max_tokens=4)
     assert answer.choices[0].message.content == "Hello there"
     [row] = gw.usage("acme")["recent"]
@@ -303,18 +253,20 @@ def test_unbelievable_usage_is_counted_instead(scripted, start_sim_backend, star
     assert 0 < row["input_tokens"] < 100 and row["output_tokens"] == 2  # "Hello there"
 
 
-def test_a_partial_usage_counts_what_is_missing(scripted, start_sim_backend, start_gateway) -> None:
+@kinds(pending={"litellm": LITELLM_COERCES_COUNTS})
+def test_a_partial_usage_counts_what_is_missing(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [json_answer({**ANSWER, "usage": {"prompt_tokens": 7, "completion_tokens": "3"}})]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     answer = gw.client().chat.completions.create(model="m1", messages=MSG, max_tokens=4)
     [row] = gw.usage("acme")["recent"]
     assert (row["input_tokens"], row["output_tokens"], row["tokens_source"]) == (7, 2, "counted")
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (7, 2, 9)
 
 
+@kinds(pending={"litellm": LITELLM_INVENTS_USAGE})
 @pytest.mark.parametrize("endpoint", ["chat/completions", "embeddings"])
 def test_an_answer_without_usage_gets_the_counts_it_was_billed_at(
-    scripted, start_sim_backend, start_gateway, endpoint: str
+    provider_kind, scripted, start_sim_backend, start_gateway, endpoint: str
 ) -> None:
     """OpenAI's answers always carry usage, and clients read it: the gateway's counts fill in."""
     if endpoint == "embeddings":
@@ -327,7 +279,7 @@ def test_an_answer_without_usage_gets_the_counts_it_was_billed_at(
     else:
         answer, request = ANSWER, {"model": "m1", "messages": MSG, "max_tokens": 4}
     scripted.steps = [json_answer(answer)]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     resp = httpx.post(f"{gw.url}/v1/{endpoint}", headers=gw.auth(), json=request, timeout=30)
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -342,7 +294,9 @@ def test_an_answer_without_usage_gets_the_counts_it_was_billed_at(
     "usage", [{"prompt_tokens": -1000000, "completion_tokens": -5}, {"prompt_tokens": 7, "completion_tokens": 3}]
 )
 @pytest.mark.parametrize("asked", [False, True])
-def test_stream_usage_on_a_content_chunk(scripted, start_sim_backend, start_gateway, usage, asked: bool) -> None:
+def test_stream_usage_on_a_content_chunk(
+    provider_kind, scripted, start_sim_backend, start_gateway, usage, asked: bool
+) -> None:
     """Usage on the last content chunk, as some servers send it: billed from if believable, never
     on the client's chunk, and the client gets one usage chunk if it asked, none otherwise."""
     scripted.steps = [
@@ -351,7 +305,7 @@ def test_stream_usage_on_a_content_chunk(scripted, start_sim_backend, start_gate
         chunk_event(" there", finish="stop", usage=usage),
         b"data: [DONE]\n\n",
     ]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     extra = {"stream_options": {"include_usage": True}} if asked else {}
     resp, events, _ = _stream(gw, **extra)
     assert resp.text.endswith("data: [DONE]\n\n") and _text(events) == "Hello there"
@@ -366,23 +320,41 @@ def test_stream_usage_on_a_content_chunk(scripted, start_sim_backend, start_gate
         assert usage_chunks[0]["usage"]["completion_tokens"] == row["output_tokens"]
 
 
-def test_a_choice_that_is_not_an_object_falls_back(scripted, start_sim_backend, start_gateway) -> None:
+def test_a_choice_that_is_not_an_object_falls_back(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [SSE_HEAD, b'data: {"id":"c","object":"chat.completion.chunk","choices":["x"]}\n\n']
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     resp, events, _ = _stream(gw)
     assert resp.headers["x-fedrouter-backend"] == "good" and _text(events)
 
 
+@kinds(pending={"litellm": LITELLM_INVENTS_AN_ANSWER})
+@pytest.mark.parametrize("steps", [[SSE_HEAD, b"data: [DONE]\n\n"], [SSE_HEAD]], ids=["done-at-once", "closed-at-once"])
+def test_a_stream_without_a_single_event_falls_back(
+    provider_kind, scripted, start_sim_backend, start_gateway, steps: list
+) -> None:
+    scripted.steps = steps
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
+    resp, events, _ = _stream(gw)
+    assert (resp.headers["x-fedrouter-backend"], resp.headers["x-fedrouter-attempts"]) == ("good", "2")
+    assert _text(events)
+
+
+@kinds(pending={"litellm": LITELLM_INVENTS_USAGE})
 @pytest.mark.parametrize("stream", [False, True])
-def test_odd_message_shapes_are_still_billed(scripted, start_sim_backend, start_gateway, stream: bool) -> None:
+def test_odd_message_shapes_are_still_billed(
+    provider_kind, scripted, start_sim_backend, start_gateway, stream: bool
+) -> None:
     """Counting the prompt at the gateway (the backend gave no usage) reads what it can of any
     message shape the backend accepted, and never fails the request."""
     scripted.steps = (
         [SSE_HEAD, chunk_event("Hi", finish="stop"), b"data: [DONE]\n\n"] if stream else [json_answer(ANSWER)]
     )
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
+    # A body dispatch changes (a stream's, to ask for usage; any whose model the backend names
+    # otherwise) is written again, at most 254 levels deep; one it forwards as is may be deeper.
+    changed = stream or provider_kind.config(scripted.base_url)["models"] != [MODEL]
     deep: Any = "deep"
-    for _ in range(200 if stream else 600):  # a stream's body is changed (usage asked for): at most 254
+    for _ in range(200 if changed else 600):
         deep = [deep]
     messages = [
         {"role": "assistant", "tool_calls": [{"function": "x"}, "y", {"function": [1]}]},
@@ -402,11 +374,12 @@ def test_odd_message_shapes_are_still_billed(scripted, start_sim_backend, start_
     assert row["tokens_source"] == "counted" and row["input_tokens"] > 0
 
 
+# Refused before any backend is reached: the provider kind plays no part, so one runs it.
 def test_a_body_too_deep_to_forward_changed_is_refused(scripted, start_sim_backend, start_gateway) -> None:
     """orjson reads 1024 levels but writes 254: a stream's body, changed to ask for usage, cannot
     be written again. A 400 that says so, nothing sent and nothing billed."""
     scripted.steps = [SSE_HEAD, chunk_event("Hi", finish="stop"), b"data: [DONE]\n\n"]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(KINDS["openai"], scripted, start_sim_backend, start_gateway)
     deep: Any = "deep"
     for _ in range(300):
         deep = [deep]
@@ -430,9 +403,11 @@ def _requests_total(gw, outcome: str, backend: str) -> float:
     return sum(float(m) for m in re.findall(pattern, text, re.MULTILINE))
 
 
-def test_a_request_no_backend_answered_has_one_unbilled_event(scripted, start_sim_backend, start_gateway) -> None:
+def test_a_request_no_backend_answered_has_one_unbilled_event(
+    provider_kind, scripted, start_sim_backend, start_gateway
+) -> None:
     scripted.steps = [json_answer(b'{"error":"busy"}', status=b"503 Service Unavailable")]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     resp = httpx.post(
         gw.url + "/v1/chat/completions",
         headers=gw.auth(),
@@ -447,14 +422,14 @@ def test_a_request_no_backend_answered_has_one_unbilled_event(scripted, start_si
     assert _requests_total(gw, "upstream_error", "scripted") == 1
 
 
-def test_a_relayed_refusal_has_one_unbilled_event(scripted, start_sim_backend, start_gateway) -> None:
+def test_a_relayed_refusal_has_one_unbilled_event(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [
         json_answer(
             {"error": {"message": "bad max_tokens", "type": "invalid_request_error", "param": None, "code": None}},
             status=b"400 Bad Request",
         )
     ]
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     resp = httpx.post(
         gw.url + "/v1/chat/completions",
         headers=gw.auth(),
@@ -472,10 +447,11 @@ def test_a_relayed_refusal_has_one_unbilled_event(scripted, start_sim_backend, s
     assert _requests_total(gw, "client_error", "scripted") == 1
 
 
+# Refused before any backend is reached: the provider kind plays no part, so one runs it.
 def test_requests_refused_before_any_backend_are_counted_not_recorded(
     scripted, start_sim_backend, start_gateway
 ) -> None:
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(KINDS["openai"], scripted, start_sim_backend, start_gateway)
     assert (
         httpx.post(
             gw.url + "/v1/chat/completions",
@@ -495,9 +471,11 @@ def test_requests_refused_before_any_backend_are_counted_not_recorded(
     assert "no-such-model-7" not in httpx.get(gw.url + "/metrics", headers=gw.admin()).text  # no client labels
 
 
-def test_a_timed_out_attempt_is_kept_as_unbilled_consumption(scripted, start_sim_backend, start_gateway) -> None:
+def test_a_timed_out_attempt_is_kept_as_unbilled_consumption(
+    provider_kind, scripted, start_sim_backend, start_gateway
+) -> None:
     scripted.steps = [SSE_HEAD, 3.0]  # the head, then nothing: first_token runs out
-    gw = _gateway(scripted, start_sim_backend, start_gateway, first_token=0.5)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway, first_token=0.5)
     resp, events, _ = _stream(gw)
     assert resp.headers["x-fedrouter-backend"] == "good" and _text(events)
     rows = sorted(
@@ -507,10 +485,10 @@ def test_a_timed_out_attempt_is_kept_as_unbilled_consumption(scripted, start_sim
 
 
 def test_a_client_leaving_before_the_first_byte_cancels_and_nothing_more_is_tried(
-    scripted, start_sim_backend, start_gateway, loop_thread
+    provider_kind, scripted, start_sim_backend, start_gateway, loop_thread
 ) -> None:
     scripted.steps = [SSE_HEAD, 10.0]  # silent until first_token (5 s) would run out
-    gw = _gateway(scripted, start_sim_backend, start_gateway)
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
     body = orjson.dumps({"model": "m1", "messages": MSG, "max_tokens": 4, "stream": True})
 
     async def leave_early() -> None:
@@ -533,3 +511,34 @@ def test_a_client_leaving_before_the_first_byte_cancels_and_nothing_more_is_trie
     assert scripted.requests == 1
     time.sleep(0.3)
     assert len(gw.usage("acme")["recent"]) == 1 and gw.sims["good"].stats()["requests"] == 0  # no fallback
+
+
+def test_a_client_leaving_mid_stream_closes_the_upstream_connection(
+    provider_kind, scripted, start_sim_backend, start_gateway, loop_thread
+) -> None:
+    """The client reads the first event and hangs up: the backend's connection is closed at
+    once (not left to stream on into a socket nobody reads), and nothing more is tried."""
+    scripted.steps = [SSE_HEAD, chunk_event("Hello"), 10.0]
+    gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
+    body = orjson.dumps({"model": "m1", "messages": MSG, "max_tokens": 4, "stream": True})
+
+    async def leave_after_the_first_event() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s" % (gw.keys["acme"].encode(), len(body), body)
+        )
+        await writer.drain()
+        seen = b""
+        async with asyncio.timeout(5):
+            while b"Hello" not in seen:
+                seen += await reader.read(4096)
+        writer.close()
+        return seen
+
+    assert b"Hello" in loop_thread.run(leave_after_the_first_event())
+    deadline = time.monotonic() + 3
+    while scripted.peer_closed == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert scripted.peer_closed == 1, "the backend's connection outlived the client's"
+    assert scripted.requests == 1 and gw.sims["good"].stats()["requests"] == 0
