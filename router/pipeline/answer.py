@@ -27,7 +27,9 @@ class StreamAnswer:
     ``abandon`` ends a stream whose events were never read (its backend slot and budget
     reservation go back; a no-op once the events have started). ``deadline`` is the
     ``time.perf_counter()`` by which the relay must have ended: the answering backend's
-    ``timeouts.total``, which must bound a client that reads slowly as well as a slow backend.
+    ``timeouts.total`` (and a short grace, so that the backend's own deadline, which ends the
+    stream with an error event, comes first), which must bound a client that does not read as
+    well as a slow backend.
     """
 
     headers: Headers

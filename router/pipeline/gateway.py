@@ -29,6 +29,7 @@ from router.tenancy.tenants import Caller, Tenancy, Tenant
 
 # A stream whose backend has no configured total (one added at run time) ends this long after it began.
 _DEFAULT_TOTAL_S = 600.0
+_RELAY_GRACE_S = 2.0  # beyond timeouts.total, before the edge ends a relay the backend has not ended
 
 
 class Gateway:
@@ -222,9 +223,11 @@ class Gateway:
         self._failed_attempts(ctx, parsed, attempts)
         self._hedge_overhead(ctx, parsed, attempts)
         self.planner.observe_power(opened.scored.candidate.info.name, opened.stream.headers, still_counted=True)
-        # From now: the backend's own deadline (from the attempt's start) comes first while the
-        # client reads, and this one ends a relay held up by a client that does not.
-        deadline = time.perf_counter() + self._totals.get(opened.scored.candidate.info.name, _DEFAULT_TOTAL_S)
+        # From now, and with a grace: the backend's own deadline (from the attempt's start, checked
+        # on a coarse timer) comes first while the client reads, and ends the stream with an error
+        # event; this one ends a relay held up by a client that does not read.
+        total = self._totals.get(opened.scored.candidate.info.name, _DEFAULT_TOTAL_S)
+        deadline = time.perf_counter() + total + _RELAY_GRACE_S
         return StreamAnswer(headers, relay.events(first_written=early is not None), relay.abandon, deadline)
 
     def _relay(self, ctx: RequestContext, parsed: Parsed, attempts: Attempts, ticket: Ticket) -> StreamRelay:

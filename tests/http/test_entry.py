@@ -46,7 +46,7 @@ def test_an_unread_stream_under_uvicorn_is_ended_at_its_backends_total(
     still bounds the relay: the stream is ended, the backend's stream cancelled, and the tokens
     so far billed as a disconnect."""
     sim = start_sim_backend("uvfast", reply="word " * 400)
-    with uvicorn_gateway(backend_entry(sim, timeouts={"total": 2.0})) as (port, key):
+    with uvicorn_gateway(backend_entry(sim, timeouts={"total": 1.0})) as (port, key):
         body = orjson.dumps(
             {"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 60000, "stream": True}
         )
@@ -56,7 +56,7 @@ def test_an_unread_stream_under_uvicorn_is_ended_at_its_backends_total(
             sock.sendall(request("POST", "/v1/chat/completions", body, {"authorization": f"Bearer {key}"}))
             started = time.monotonic()
             assert wait_for(lambda: sim.stats()["cancelled_streams"] == 1, 6.0), "the relay was never ended"
-            assert 1.5 < time.monotonic() - started < 5.0
+            assert 2.0 < time.monotonic() - started < 5.0  # timeouts.total and its grace
         admin = {"authorization": f"Bearer {ADMIN_KEY}"}
 
         def rows() -> list[dict[str, object]]:

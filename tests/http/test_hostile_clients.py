@@ -92,7 +92,7 @@ def test_an_unread_stream_is_ended_freed_and_billed(
 ) -> None:
     sim = start_sim_backend("fast", reply="word " * 400)
     limits = {"max_concurrency": 1, "write_stall_s": 1.0 if bound == "write_stall_s" else 60.0}
-    extra = {"timeouts": {"total": 2.0}} if bound == "timeouts.total" else {}
+    extra = {"timeouts": {"total": 1.0}} if bound == "timeouts.total" else {}
     gw = start_gateway([backend_entry(sim, **extra)], limits=limits)
     with _unread(gw.port) as sock, Wire(gw.port) as other:
         body = orjson.dumps(
