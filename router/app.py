@@ -10,8 +10,8 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,14 +19,15 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from providers.base import Provider
 from router.api import admin, admin_tenants, dashboard, health, openai, route, usage
 from router.config import FederationConfig
-from router.errors import GatewayError, InvalidRequest, RouteNotFound, error_body
+from router.errors import GatewayError, InvalidRequest, RouteNotFound
 from router.fleet.backend_stats import EjectionPolicy, StatsBook
 from router.fleet.pricing import PriceMap
 from router.fleet.wiring import build_providers, stream_usage_backends, unpriced
-from router.http.asgi import FastPath, GatewayApp, RequestIdMiddleware, error_response
-from router.http.shedding import LoadShedder
+from router.http.asgi import FastPath, GatewayApp, RequestIdMiddleware, answer_response, error_response
+from router.http.entry import SERVER_ERROR_ANSWER, Entry
 from router.ledger import open_ledger
 from router.ledger.base import Unawaited
 from router.metrics import Metrics
@@ -69,19 +70,14 @@ async def _on_validation_error(_: Request, exc: Exception) -> Response:
 
 async def _on_unexpected(_: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
-    return Response(
-        error_body("The server had an error while processing your request.", "server_error"),
-        status_code=500,
-        media_type="application/json",
-    )
+    response = answer_response(SERVER_ERROR_ANSWER)
+    response.raw_headers.append((b"connection", b"close"))  # whatever failed may have left the exchange unsound
+    return response
 
 
-def _front(inner: ASGIApp, gateway: Gateway, max_concurrency: int | None) -> ASGIApp:
-    """Outermost first: the request id, load shedding, then the inference fast path."""
-    app: ASGIApp = FastPath(inner, gateway)
-    if max_concurrency is not None:
-        app = LoadShedder(app, max_concurrency=max_concurrency)
-    return RequestIdMiddleware(app)
+def _front(inner: ASGIApp, entry: Entry) -> ASGIApp:
+    """Outermost first: the request id, then the inference fast path (which sheds)."""
+    return RequestIdMiddleware(FastPath(inner, entry), entry.ids)
 
 
 def _mount_routes(app: FastAPI) -> None:
@@ -117,14 +113,7 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Ga
     gateway = Gateway(
         tenancy=tenancy,
         admission=admission,
-        planner=Planner(
-            (p.info for p in providers.values()),
-            stats,
-            config.routing.exploration,
-            random.Random(),
-            config=config,
-            consider=config.routing.consider,
-        ),
+        planner=_planner(config, providers, stats),
         dispatcher=Dispatcher(providers, stats, config.routing, metrics),
         stats=stats,
         ledger=ledger,
@@ -133,16 +122,46 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Ga
         providers=providers,
         stream_usage=stream_usage_backends(config),
         max_body_bytes=config.limits.max_body_bytes,
+        totals={b.name: b.timeouts.total for b in config.backends},
     )
+    entry = Entry(gateway, config.limits.max_concurrency, config.limits.write_stall_s)
+
+    # No redirect for a trailing slash: Starlette's would send the client to its own Host header.
+    app = GatewayApp(
+        title="fedrouter",
+        lifespan=_lifespan(gateway, keys),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
+    app.state.gateway = gateway
+    app.state.entry = entry
+    app.state.keys = keys
+    app.state.settings = settings
+    app.state.config = config
+    app.state.started = time.time()
+    app.add_exception_handler(GatewayError, _on_gateway_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    _mount_routes(app)
+    app.set_front(lambda inner: _front(inner, entry))
+    return app
+
+
+def _lifespan(gateway: Gateway, keys: KeyStore) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up and shut-down of the parts that hold connections, threads or files."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ledger, tenancy, admission, stats = gateway.ledger, gateway.tenancy, gateway.admission, gateway.stats
         await ledger.start()
         await tenancy.start()
         for entry in tenancy.entries():  # budgets start from the ledger's spend of their period
             await admission.prime(entry.config.name, list(entry.config.budgets))
         await stats.start()
-        tokens.warm()
+        gateway.tokens.warm()
         app.state.started = time.time()
         # Start-up leaves a large heap of long-lived objects (FastAPI, pydantic, the tokenizer);
         # freezing it keeps full collections, and their pauses, away from the request path.
@@ -157,22 +176,14 @@ def create_app(config: FederationConfig, settings: Settings | None = None) -> Ga
             await ledger.close()
             keys.close()
 
-    # No redirect for a trailing slash: Starlette's would send the client to its own Host header.
-    app = GatewayApp(
-        title="fedrouter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False
+    return lifespan
+
+
+def _planner(config: FederationConfig, providers: dict[str, Provider], stats: StatsBook) -> Planner:
+    infos = (p.info for p in providers.values())
+    return Planner(
+        infos, stats, config.routing.exploration, random.Random(), config=config, consider=config.routing.consider
     )
-    app.state.gateway = gateway
-    app.state.keys = keys
-    app.state.settings = settings
-    app.state.config = config
-    app.state.started = time.time()
-    app.add_exception_handler(GatewayError, _on_gateway_error)
-    app.add_exception_handler(HTTPException, _on_http_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(Exception, _on_unexpected)
-    _mount_routes(app)
-    app.set_front(lambda inner: _front(inner, gateway, config.limits.max_concurrency))
-    return app
 
 
 def _stats_book(config: FederationConfig, settings: Settings) -> StatsBook:

@@ -281,6 +281,14 @@ class LimitsConfig(_Strict):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     #: Inference requests in flight (streams until they end) above which new ones get 503 at once.
     max_concurrency: int | None = Field(default=None, gt=0)
+    #: Open client connections above which a new one gets 503 and is closed; the server also keeps
+    #: it under half the process's open-file limit, so that backends, ledger and state keep fds.
+    max_connections: int = Field(default=4096, gt=0)
+    #: Seconds a client may take to send a request's line and headers, and then its body.
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    #: Seconds a stream may wait for a client that reads nothing before it is ended and freed.
+    write_stall_s: float = Field(default=30.0, gt=0)
 
 
 class CarbonConfig(_Strict):

@@ -16,7 +16,8 @@ import uvloop
 
 from router.app import create_app
 from router.config import parse_config
-from router.http.server import Server, bind
+from router.http.server import Server
+from router.http.workers import bind
 from router.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -60,6 +61,23 @@ def start_uvicorn(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
             raise RuntimeError("gateway did not start")
         time.sleep(0.01)
     return server, thread, sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def uvicorn_gateway(backend: dict[str, Any]) -> Iterator[tuple[int, str]]:
+    """The app for ``backend`` and tenant "acme" under uvicorn until the block ends; yields its
+    port and a key of acme's."""
+    app = create_app(
+        parse_config({"backends": [backend], "tenants": [{"name": "acme"}]}),
+        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
+    )
+    key = app.state.keys.create("acme")[0]
+    server, thread, port = start_uvicorn(app)
+    try:
+        yield port, key
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @contextlib.contextmanager

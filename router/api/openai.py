@@ -1,5 +1,5 @@
-"""The OpenAI-compatible model routes under /v1; the inference routes are served by
-``router.http.asgi`` (and ``router.http.server``), ahead of FastAPI."""
+"""The OpenAI-compatible model routes under /v1; the inference routes are served ahead of FastAPI,
+by ``router.http.entry`` (through ``router.http.server`` or ``router.http.asgi``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from starlette.responses import Response
 
 from router.api.deps import GatewayDep
 from router.errors import ModelNotFound
-from router.http.asgi import infer
 from router.pipeline.gateway import Gateway
 from router.tenancy.tenants import Tenant
 
@@ -26,20 +25,15 @@ async def _tenant(request: Request, gateway: GatewayDep) -> Tenant:
 TenantDep = Annotated[Tenant, Depends(_tenant)]
 
 
-# Declared here for their 405 on other methods; a POST is answered ahead of FastAPI, by the fast path.
-@router.post("/chat/completions")
-async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
-    return await infer(request, gateway, "chat/completions")
+async def _served_ahead() -> Response:
+    """Never reached: a POST to an inference path is answered ahead of FastAPI, by the one
+    inference entry (router.http.entry), on the decoded path as here. Declared for the 405 that
+    other methods get."""
+    raise RuntimeError("inference routes are served by router.http.entry")
 
 
-@router.post("/completions")
-async def completions(request: Request, gateway: GatewayDep) -> Response:
-    return await infer(request, gateway, "completions")
-
-
-@router.post("/embeddings")
-async def embeddings(request: Request, gateway: GatewayDep) -> Response:
-    return await infer(request, gateway, "embeddings")
+for _path in ("/chat/completions", "/completions", "/embeddings"):
+    router.add_api_route(_path, _served_ahead, methods=["POST"])
 
 
 def _model_object(model: str, classes: list[str], created: int) -> dict[str, object]:

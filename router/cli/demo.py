@@ -12,7 +12,8 @@ import yaml
 
 from router.app import create_app
 from router.config import FederationConfig, parse_config
-from router.http.server import Server, bind
+from router.http.server import Server
+from router.http.workers import bind
 from router.ledger import sqlite_path
 from router.settings import Settings
 from router.sim.backend import SimBackend, SimBehavior, start_sim

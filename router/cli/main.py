@@ -69,7 +69,7 @@ def _limits_per_process(config: FederationConfig, settings: Settings) -> list[st
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from router.http import server
+    from router.http import workers as server
 
     if args.workers < 1:
         return _fail(f"--workers {args.workers}: give at least 1")

@@ -2,55 +2,53 @@
 routes served directly, without FastAPI's routing and dependency machinery, which cost more per
 request than the gateway's own work. Every other route passes through to the FastAPI app.
 
-``router.http.server`` answers the inference routes before any ASGI layer; these layers serve them
-when the app runs under another ASGI server (uvicorn, say)."""
+fedrouter's own server (``router.http.server``) answers the inference routes before any ASGI
+layer; these layers serve them when the app runs under another ASGI server (uvicorn, say). Both
+decide, shed and map errors through the one entry, ``router.http.entry``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
-import itertools
-import logging
-import secrets
 from collections.abc import Callable
 
 from fastapi import FastAPI
-from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from providers.base import Endpoint
-from router.errors import GatewayError, error_body
-from router.pipeline.body import read_body
-from router.pipeline.gateway import Gateway
-
-log = logging.getLogger("fedrouter")
-
-INFERENCE_ROUTES: dict[str, Endpoint] = {
-    "/v1/chat/completions": "chat/completions",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-}
+from router.errors import GatewayError
+from router.http.body import read_body
+from router.http.entry import Entry, RequestIds, error_answer, failure, inference_route
+from router.http.events import EventStreamResponse, wait_disconnect
+from router.http.shedding import REFUSAL
+from router.pipeline.answer import Answer, StreamAnswer
 
 
 def error_response(err: GatewayError) -> Response:
-    return Response(err.body(), status_code=err.status, media_type="application/json", headers=err.response_headers())
+    """A GatewayError as a Starlette response, for FastAPI's exception handlers."""
+    return answer_response(error_answer(err))
+
+
+def answer_response(answer: Answer) -> Response:
+    response = Response(answer.body, status_code=answer.status)
+    response.raw_headers = [*answer.headers, (b"content-length", str(len(answer.body)).encode())]
+    return response
 
 
 class RequestIdMiddleware:
     """Gives every HTTP exchange an id, stamped on the response as x-request-id (errors too)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, ids: RequestIds) -> None:
         self.app = app
-        # A random per-process prefix and a counter: unique across replicas without a system
-        # call per request (ids name ledger records; they need not be unguessable).
-        self._prefix = "req_" + secrets.token_hex(8)
-        self._seq = itertools.count(1)
+        self.ids = ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = f"{self._prefix}{next(self._seq):08x}"
+        request_id = self.ids()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 
@@ -62,45 +60,59 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-async def infer(request: Request, gateway: Gateway, endpoint: Endpoint) -> Response:
-    """An inference request through ASGI: its body read under the limit, then the gateway."""
-    body = await read_body(request, gateway.max_body_bytes)
-    return await gateway.handle(
-        endpoint, request.headers.get("authorization"), body, request.scope["state"]["request_id"]
-    )
-
-
 class FastPath:
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    """Inference through ASGI: shed, read the body under the limit, run the gateway while
+    watching for the client to leave (which cancels it, and the upstream call), answer."""
+
+    def __init__(self, app: ASGIApp, entry: Entry) -> None:
         self.app = app
-        self.gateway = gateway
+        self.entry = entry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        http_post = scope["type"] == "http" and scope["method"] == "POST"
-        endpoint = INFERENCE_ROUTES.get(scope["path"]) if http_post else None
+        endpoint = inference_route(scope["method"], scope["path"]) if scope["type"] == "http" else None
         if endpoint is None:
             await self.app(scope, receive, send)
             return
+        shedder = self.entry.shedder
+        if not shedder.admit():
+            await answer_response(REFUSAL)(scope, receive, send)
+            return
         try:
-            response = await infer(Request(scope, receive), self.gateway, endpoint)
-        except GatewayError as err:
-            response = error_response(err)
-        except ClientDisconnect:
-            return  # the client left while sending its body: there is no one to answer
-        except Exception:
-            log.exception("unhandled error on %s", scope["path"])
-            response = Response(
-                error_body("The server had an error while processing your request.", "server_error"),
-                status_code=500,
-                media_type="application/json",
-            )
-        await response(scope, receive, send)
+            try:
+                result = await self._handle(scope, receive, endpoint)
+            except Exception as exc:
+                result = failure(exc, scope["path"])
+            if isinstance(result, StreamAnswer):
+                await EventStreamResponse(result)(scope, receive, send)
+            elif result is not None:
+                await answer_response(result)(scope, receive, send)
+        finally:
+            shedder.leave()
+
+    async def _handle(self, scope: Scope, receive: Receive, endpoint: Endpoint) -> Answer | StreamAnswer | None:
+        """The gateway's answer, or None if the client left first (its work is cancelled then)."""
+        body = await read_body(scope, receive, self.entry.max_body)
+        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+        work = asyncio.ensure_future(
+            self.entry.gateway.handle(endpoint, authorization, body, scope["state"]["request_id"])
+        )
+        watch = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not work.done():
+                work.cancel()  # the client left, or this request is being cancelled
+                await asyncio.wait((work,))
+        if work.cancelled():
+            return None
+        return work.result()
 
 
 class GatewayApp(FastAPI):
     """FastAPI for the admin, health and model routes; the ASGI chain in ``front`` (request id,
-    load shedding, fast path) runs before FastAPI's own middleware, so inference requests pay
-    for none of it."""
+    then the inference fast path) runs before FastAPI's own middleware, so inference requests pay
+    for none of it. A HEAD is served as the GET it asks about; the server leaves the body out."""
 
     front: ASGIApp | None = None
 
@@ -108,6 +120,8 @@ class GatewayApp(FastAPI):
         self.front = build(functools.partial(FastAPI.__call__, self))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
         if self.front is None:
             await super().__call__(scope, receive, send)
             return

@@ -3,47 +3,47 @@ OpenAI-shaped 503 with ``retry-after`` at once, while those already in flight (s
 until their last byte) carry on untouched.
 
 Refusing early and cheaply keeps the gateway's latency for the requests it does accept, and
-tells well-behaved clients (the OpenAI SDKs honour ``retry-after``) when to come back.
+tells well-behaved clients (the OpenAI SDKs honour ``retry-after``) when to come back. There is
+one shedder per app, held by its inference entry (``router.http.entry``), whichever server runs it.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import math
 
 from router.errors import error_body
+from router.pipeline.answer import Answer
 
 _BODY = error_body("The gateway is at capacity; retry shortly.", "server_error", None, "overloaded")
 _HEADERS = [
     (b"content-type", b"application/json"),
-    (b"content-length", str(len(_BODY)).encode()),
     (b"retry-after", b"1"),
     (b"x-should-retry", b"true"),
 ]
+REFUSAL = Answer(503, _HEADERS, _BODY)
+#: The answer to a connection beyond ``limits.max_connections``, which is then closed.
+TOO_MANY_CONNECTIONS = Answer(
+    503,
+    _HEADERS,
+    error_body("The gateway has too many open connections; retry shortly.", "server_error", None, "overloaded"),
+)
 
 
 class LoadShedder:
-    """ASGI middleware counting inference calls (``POST /v1/...``) from start to last byte."""
+    """Counts inference calls from start to last byte; ``None`` as the limit sheds nothing."""
 
-    def __init__(self, app: ASGIApp, max_concurrency: int) -> None:
-        self.app = app
-        self.limit = max_concurrency
+    __slots__ = ("inflight", "limit")
+
+    def __init__(self, max_concurrency: int | None) -> None:
+        self.limit: float = math.inf if max_concurrency is None else max_concurrency
         self.inflight = 0
 
-    @staticmethod
-    def refusal() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """The answer to a request beyond the cap: status, headers, body."""
-        return 503, _HEADERS, _BODY
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
+    def admit(self) -> bool:
+        """Take a place if there is one; whoever gets True calls ``leave`` once done."""
         if self.inflight >= self.limit:
-            await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
-            await send({"type": "http.response.body", "body": _BODY})
-            return
+            return False
         self.inflight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.inflight -= 1
+        return True
+
+    def leave(self) -> None:
+        self.inflight -= 1

@@ -1,4 +1,4 @@
-"""Reading and checking request bodies at the edge."""
+"""Checking request bodies: JSON objects and their fields."""
 
 from __future__ import annotations
 
@@ -6,24 +6,8 @@ import json
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 
-from router.errors import BodyTooLarge, InvalidRequest
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, read as it streams in; Content-Length is only a hint and is not trusted."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"Request body is {declared} bytes; the limit is {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+from router.errors import InvalidRequest
 
 
 def parse_object(body: bytes) -> dict[str, Any]:

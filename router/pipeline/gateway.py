@@ -4,42 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from starlette.responses import Response
 
-from policies.base import RequestShape, Scored
+from policies.base import Scored
 from providers.base import Endpoint, Provider, UpstreamResponse
-from router.errors import GatewayError, InvalidRequest, ModelNotFound
+from router.errors import GatewayError, InvalidRequest
 from router.fleet.backend_stats import StatsBook
 from router.ledger.base import Ledger, Outcome, UsageRecord
 from router.metrics import Metrics
-from router.pipeline.body import optional_int, parse_object, require
-from router.pipeline.dispatch import Attempts, Dispatcher, Job, Opened, dump_object, upstream_request
+from router.pipeline.answer import JSON_HEADERS, Answer, StreamAnswer
+from router.pipeline.dispatch import Attempts, Dispatcher, Job, Opened, upstream_request
 from router.pipeline.metering import RequestContext, billed_tokens, build_record, observe
 from router.pipeline.overrides import parse as parse_overrides
-from router.pipeline.overrides import strip as strip_overrides
-from router.pipeline.planner import Planner, request_needs
-from router.pipeline.streaming import EarlyWrite, EventStreamResponse, StreamRelay, stream_headers
+from router.pipeline.parsed import Parsed, allowed, capped, check, retarget
+from router.pipeline.planner import Planner
+from router.pipeline.streaming import EarlyWrite, StreamRelay, stream_headers
 from router.pipeline.tokens import TokenCounter
-from router.tenancy.admission.base import DEFAULT_MAX_OUTPUT, Admission, Ticket, demand, needs_output_cap
+from router.tenancy.admission.base import Admission, Ticket, demand, needs_output_cap
 from router.tenancy.admission.memory import LocalAdmission
 from router.tenancy.tenants import Caller, Tenancy, Tenant
 
-_DEFAULT_MAX_OUTPUT = 256
-_JSON = "application/json"
-
-
-@dataclass(slots=True)  # not frozen: built on every request, and a frozen __init__ costs several times as much
-class _Parsed:
-    body: bytes
-    payload: dict[str, Any]
-    model: str
-    stream: bool
-    client_usage: bool
-    shape: RequestShape
+# A stream whose backend has no configured total (one added at run time) ends this long after it began.
+_DEFAULT_TOTAL_S = 600.0
+_RELAY_GRACE_S = 2.0  # beyond timeouts.total, before the edge ends a relay the backend has not ended
 
 
 class Gateway:
@@ -57,7 +47,9 @@ class Gateway:
         stream_usage: frozenset[str],
         max_body_bytes: int,
         admission: Admission | None = None,
+        totals: Mapping[str, float] | None = None,
     ) -> None:
+        """``totals``: each backend's ``timeouts.total``, which also bounds the relay of its streams."""
         self.tenancy = tenancy
         self.admission = admission or LocalAdmission(ledger)
         self.planner = planner
@@ -70,6 +62,7 @@ class Gateway:
         self._stream_usage = stream_usage
         self._limit = max_body_bytes
         self._headers = _Headers()
+        self._totals = totals or {}
 
     @property
     def max_body_bytes(self) -> int:
@@ -82,22 +75,22 @@ class Gateway:
         body: bytes,
         request_id: str,
         early: EarlyWrite | None = None,
-    ) -> Response:
+    ) -> Answer | StreamAnswer:
         """One inference request whose body has been read (within ``max_body_bytes``). With
         ``early``, a stream's head and first event are written through it the moment that event
-        is in; the EventStreamResponse returned then relays the rest, and an error raised after
-        that is the server's to end the stream with."""
+        is in; the StreamAnswer returned then relays the rest, and an error raised after that is
+        the edge's to end the stream with."""
         received = time.time()
         started = time.perf_counter()
         try:
             tenant = await self.tenancy.authenticate(authorization)
-            parsed = _check(endpoint, body)
+            parsed = check(endpoint, body)
             override = parse_overrides(parsed.payload)
             await self.stats.refresh(parsed.model)  # ejections made by other replicas, at most a few ms old
-            plan = self.planner.plan(_allowed(tenant, parsed.model), tenant, parsed.shape, override)
-            _allowed(tenant, plan.model)
+            plan = self.planner.plan(allowed(tenant, parsed.model), tenant, parsed.shape, override)
+            allowed(tenant, plan.model)
             if override is not None or plan.model != parsed.model:
-                parsed = _retarget(parsed, plan.model)
+                parsed = retarget(parsed, plan.model)
             ctx = RequestContext(
                 request_id, tenant.name, parsed.model, endpoint, parsed.stream, received, started, tenant.key_id, plan
             )
@@ -115,11 +108,11 @@ class Gateway:
             raise
 
     async def _admit(
-        self, ctx: RequestContext, tenant: Caller, parsed: _Parsed, order: list[Scored]
-    ) -> tuple[_Parsed, Ticket]:
+        self, ctx: RequestContext, tenant: Caller, parsed: Parsed, order: list[Scored]
+    ) -> tuple[Parsed, Ticket]:
         """Rate limits and the budget reservation; every exit path after this settles the ticket."""
         if needs_output_cap(list(tenant.budgets), ctx.endpoint, parsed.payload):
-            parsed = _capped(parsed)
+            parsed = capped(parsed)
         ticket = await self.admission.admit(
             demand(
                 request_id=ctx.request_id,
@@ -139,7 +132,7 @@ class Gateway:
         )
         return parsed, ticket
 
-    async def _complete(self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket) -> Response:
+    async def _complete(self, ctx: RequestContext, parsed: Parsed, order: list[Scored], ticket: Ticket) -> Answer:
         attempts = Attempts()
 
         async def call(scored: Scored, provider: Provider) -> UpstreamResponse:
@@ -175,14 +168,14 @@ class Gateway:
             observe(self.metrics, record)
             headers = {**self._headers(scored, attempts), **ticket.headers}
             body = resp.body if source == "upstream" else _with_usage(resp.data, record, resp.body)
-            answer = Response(body, media_type=_JSON, headers=headers)
+            answer = Answer(200, [*JSON_HEADERS, *((k.encode(), v.encode()) for k, v in headers.items())], body)
         finally:
             await committed  # durable before the client sees the answer
         return answer
 
     async def _stream(
-        self, ctx: RequestContext, parsed: _Parsed, order: list[Scored], ticket: Ticket, early: EarlyWrite | None
-    ) -> Response:
+        self, ctx: RequestContext, parsed: Parsed, order: list[Scored], ticket: Ticket, early: EarlyWrite | None
+    ) -> StreamAnswer:
         attempts = Attempts()
 
         def make(scored: Scored) -> Any:
@@ -230,9 +223,14 @@ class Gateway:
         self._failed_attempts(ctx, parsed, attempts)
         self._hedge_overhead(ctx, parsed, attempts)
         self.planner.observe_power(opened.scored.candidate.info.name, opened.stream.headers, still_counted=True)
-        return EventStreamResponse(relay.events(first_written=early is not None), headers, relay.abandon)
+        # From now, and with a grace: the backend's own deadline (from the attempt's start, checked
+        # on a coarse timer) comes first while the client reads, and ends the stream with an error
+        # event; this one ends a relay held up by a client that does not read.
+        total = self._totals.get(opened.scored.candidate.info.name, _DEFAULT_TOTAL_S)
+        deadline = time.perf_counter() + total + _RELAY_GRACE_S
+        return StreamAnswer(headers, relay.events(first_written=early is not None), relay.abandon, deadline)
 
-    def _relay(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts, ticket: Ticket) -> StreamRelay:
+    def _relay(self, ctx: RequestContext, parsed: Parsed, attempts: Attempts, ticket: Ticket) -> StreamRelay:
         return StreamRelay(
             ctx,
             attempts,
@@ -246,10 +244,10 @@ class Gateway:
             settle=lambda record: self.admission.settle(ticket, record),
         )
 
-    def _job(self, ctx: RequestContext, parsed: _Parsed) -> Job:
+    def _job(self, ctx: RequestContext, parsed: Parsed) -> Job:
         return Job(ctx.model, parsed.stream, parsed.shape.max_output_tokens, self.dispatcher.hedger.applies(ctx.tenant))
 
-    def _unanswered(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts, err: GatewayError | None) -> None:
+    def _unanswered(self, ctx: RequestContext, parsed: Parsed, attempts: Attempts, err: GatewayError | None) -> None:
         """A request that reached a backend and got no answer still has its one event: its last
         attempt's, unbilled. ``err`` None: the client left while it was in flight."""
         if attempts.last is None or isinstance(err, InvalidRequest):
@@ -267,7 +265,7 @@ class Gateway:
         if err is not None:
             err.recorded = True
 
-    def _failed_attempts(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts, skip: int = 0) -> None:
+    def _failed_attempts(self, ctx: RequestContext, parsed: Parsed, attempts: Attempts, skip: int = 0) -> None:
         """Failed attempts that consumed the backend's work (it timed out on the request, or
         answered something that was not an answer) are kept as unbilled ``retry`` events."""
         prompt: int | None = None
@@ -291,7 +289,7 @@ class Gateway:
                     )
                 )
 
-    def _hedge_overhead(self, ctx: RequestContext, parsed: _Parsed, attempts: Attempts) -> None:
+    def _hedge_overhead(self, ctx: RequestContext, parsed: Parsed, attempts: Attempts) -> None:
         """A hedged attempt that lost still read the prompt: recorded as overhead, not billed."""
         for scored, number in attempts.hedged:
             self.ledger.submit(
@@ -350,67 +348,6 @@ def _with_usage(data: dict[str, Any], record: UsageRecord, body: bytes) -> bytes
 
 def _outcome_of(err: GatewayError) -> Outcome:
     return "client_error" if err.status < 500 else "upstream_error"
-
-
-def _check(endpoint: Endpoint, body: bytes) -> _Parsed:
-    payload = parse_object(body)
-    model = require(payload, "model", str, "a string")
-    if endpoint == "chat/completions":
-        messages = require(payload, "messages", list, "an array of messages")
-        if not messages:
-            raise InvalidRequest(
-                "'messages' must contain at least one message.", param="messages", code="invalid_value"
-            )
-        max_out = optional_int(payload, "max_completion_tokens") or optional_int(payload, "max_tokens")
-    elif endpoint == "completions":
-        require(payload, "prompt", (str, list), "a string or an array")
-        max_out = optional_int(payload, "max_tokens")
-    else:
-        require(payload, "input", (str, list), "a string or an array")
-        max_out = 0
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type")
-    if stream and endpoint == "embeddings":
-        raise InvalidRequest("Embeddings cannot be streamed.", param="stream", code="invalid_value")
-    opts = payload.get("stream_options")
-    if opts is not None and (not isinstance(opts, dict) or not stream):
-        raise InvalidRequest(
-            "'stream_options' is only allowed when 'stream' is true and must be an object.",
-            param="stream_options",
-            code="invalid_value",
-        )
-    client_usage = bool(stream and opts and opts.get("include_usage") is True)
-    shape = RequestShape(
-        len(body) // 4, _DEFAULT_MAX_OUTPUT if max_out is None else max_out, request_needs(endpoint, payload)
-    )
-    return _Parsed(body, payload, model, bool(stream), client_usage, shape)
-
-
-def _allowed(tenant: Caller, model: str) -> str:
-    if not tenant.may_use(model):  # the key's model allow-list: answered as OpenAI does, not found
-        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
-    return model
-
-
-def _capped(parsed: _Parsed) -> _Parsed:
-    """A request of a tenant with a hard budget and no max output gets the default one, so the
-    backend stops where the budget reservation does."""
-    payload = {**parsed.payload, "max_tokens": DEFAULT_MAX_OUTPUT}
-    return replace(
-        parsed,
-        body=dump_object(payload),
-        payload=payload,
-        shape=replace(parsed.shape, max_output_tokens=DEFAULT_MAX_OUTPUT),
-    )
-
-
-def _retarget(parsed: _Parsed, model: str) -> _Parsed:
-    """The request without the gateway's routing fields and for the model planned, serialised
-    once here so that every attempt sends the same bytes."""
-    payload = strip_overrides(parsed.payload)
-    payload["model"] = model
-    return replace(parsed, body=dump_object(payload), payload=payload, model=model)
 
 
 def _ttft_estimate(latency_s: float, tokens_out: int, scored: Scored) -> float:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from providers.base import ProviderError
 from router.errors import error_body
@@ -111,7 +109,7 @@ class StreamRelay:
         assert self._opened is not None, "a relay is begun before its events are read"
         return self._opened
 
-    async def events(self, first_written: bool = False) -> AsyncIterator[bytes]:
+    async def events(self, first_written: bool = False) -> AsyncGenerator[bytes, None]:
         """The events to relay; ``first_written``: the first went out with the head already."""
         opened = self.opened
         name = opened.scored.candidate.info.name
@@ -265,83 +263,3 @@ def stream_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
         (b"cache-control", b"no-cache"),
         *((k.encode(), v.encode()) for k, v in headers.items()),
     ]
-
-
-class EventStreamResponse(Response):
-    """An SSE response that notices a client leaving even while the upstream is silent, and
-    then cancels the relay (and with it the upstream call)."""
-
-    def __init__(
-        self,
-        events: AsyncIterator[bytes],
-        raw_headers: list[tuple[bytes, bytes]],
-        on_close: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        """``raw_headers`` from ``stream_headers``."""
-        # Response.__init__ is skipped on purpose: it would render a body this response streams.
-        self.status_code = 200
-        self.background = None
-        self._events = events
-        self._on_close = on_close  # runs last, also when the events were never read
-        self.raw_headers = raw_headers
-
-    async def relay(self, write: Callable[[bytes], Awaitable[None]], gone: asyncio.Future[Any]) -> bool:
-        """Pump the events through ``write`` in this task; ``gone`` resolves when the client
-        leaves, which cancels the task (and with it the upstream call). The clean-up always runs.
-        True if every event was written."""
-        # A callback on ``gone`` rather than a watcher task beside the relay: the first byte
-        # would pay for starting it.
-        task = asyncio.current_task()
-        assert task is not None
-        left, pumping = False, True
-
-        def client_left(watch: asyncio.Future[Any]) -> None:
-            nonlocal left
-            if pumping and not watch.cancelled() and watch.exception() is None:
-                left = True
-                task.cancel()
-
-        gone.add_done_callback(client_left)
-        try:
-            async for chunk in self._events:
-                await write(chunk)
-            return True
-        except OSError:
-            return False  # the client went away (ASGI 2.4 servers raise on send)
-        except asyncio.CancelledError:
-            if not left:
-                raise
-            task.uncancel()  # our own cancellation, for a client that is gone: nothing to report
-            return False
-        finally:
-            pumping = False  # a disconnect noticed from here on must not cancel the clean-up
-            gone.remove_done_callback(client_left)
-            await self.close()
-
-    async def close(self) -> None:
-        """End the events and run ``on_close``: after the relay, or instead of it."""
-        await self._events.aclose()  # type: ignore[attr-defined]  # the events are an async generator
-        if self._on_close is not None:
-            await self._on_close()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
-
-        async def body(chunk: bytes) -> None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-        try:
-            try:
-                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            except OSError:
-                await self.close()  # gone before the head
-                return
-            if await self.relay(body, watch):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            watch.cancel()
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

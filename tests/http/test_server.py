@@ -27,7 +27,7 @@ from router.settings import Settings
 from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
 from tests.conftest import Gateway, Sim, backend_entry
 from tests.openai_schema import validate
-from tests.servers import ADMIN_KEY, start_server, start_uvicorn, wait_for
+from tests.servers import ADMIN_KEY, start_server, uvicorn_gateway, wait_for
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -665,13 +665,7 @@ def test_the_app_also_serves_under_uvicorn(start_sim_backend: Callable[..., Sim]
     """The FastAPI app stays a plain ASGI app (its fast path included) for those who run it under
     another server: the same answers, streams and errors as under fedrouter's own server."""
     sim = start_sim_backend("uv1")
-    app = create_app(
-        parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
-        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
-    )
-    key = app.state.keys.create("acme")[0]
-    server, thread, port = start_uvicorn(app)
-    try:
+    with uvicorn_gateway(backend_entry(sim)) as (port, key):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         done = client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert done.object == "chat.completion" and done.usage is not None and done.usage.completion_tokens == 3
@@ -693,9 +687,6 @@ def test_the_app_also_serves_under_uvicorn(start_sim_backend: Callable[..., Sim]
             json={"model": "m1", "messages": [{"role": "user", "content": "hi"}]},
         )
         assert raw.headers["x-request-id"].startswith("req_") and raw.headers["x-fedrouter-backend"] == "uv1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_idle_connections_are_closed(start_sim_backend: Callable[..., Sim]) -> None:
