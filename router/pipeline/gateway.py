@@ -13,7 +13,7 @@ from policies.base import Scored
 from providers.base import Endpoint, Provider, UpstreamResponse
 from router.errors import GatewayError, InvalidRequest
 from router.fleet.backend_stats import StatsBook
-from router.ledger.base import Ledger, Outcome, UsageRecord
+from router.ledger.base import Ledger, Outcome, UsageRecord, done_future
 from router.metrics import Metrics
 from router.pipeline.answer import JSON_HEADERS, Answer, StreamAnswer
 from router.pipeline.dispatch import Attempts, Dispatcher, Job, Opened, upstream_request
@@ -142,10 +142,10 @@ class Gateway:
         try:
             scored, resp = await self.dispatcher.run(self._job(ctx, parsed), order, attempts, call)
         except GatewayError as err:
-            self._unanswered(ctx, parsed, attempts, err)
+            await self._unanswered(ctx, parsed, attempts, err)
             raise
         except asyncio.CancelledError:
-            self._unanswered(ctx, parsed, attempts, None)  # the client left
+            self._unanswered(ctx, parsed, attempts, None)  # the client left: nobody waits for the commit
             raise
         self._failed_attempts(ctx, parsed, attempts)
         self._hedge_overhead(ctx, parsed, attempts)
@@ -215,7 +215,7 @@ class Gateway:
                 if isinstance(exc, GatewayError):
                     exc.recorded = True
             elif isinstance(exc, GatewayError):
-                self._unanswered(ctx, parsed, attempts, exc)
+                await self._unanswered(ctx, parsed, attempts, exc)
             elif isinstance(exc, asyncio.CancelledError):
                 self._unanswered(ctx, parsed, attempts, None)  # the client left before the first event
             raise
@@ -247,11 +247,15 @@ class Gateway:
     def _job(self, ctx: RequestContext, parsed: Parsed) -> Job:
         return Job(ctx.model, parsed.stream, parsed.shape.max_output_tokens, self.dispatcher.hedger.applies(ctx.tenant))
 
-    def _unanswered(self, ctx: RequestContext, parsed: Parsed, attempts: Attempts, err: GatewayError | None) -> None:
+    def _unanswered(
+        self, ctx: RequestContext, parsed: Parsed, attempts: Attempts, err: GatewayError | None
+    ) -> asyncio.Future[None]:
         """A request that reached a backend and got no answer still has its one event: its last
-        attempt's, unbilled. ``err`` None: the client left while it was in flight."""
+        attempt's, unbilled. ``err`` None: the client left while it was in flight. The future
+        resolves once the event is durable: an error answer awaits it, as a success does its record,
+        so that a client that saw the error can find its event."""
         if attempts.last is None or isinstance(err, InvalidRequest):
-            return  # no backend reached: the request was refused before it was sent
+            return done_future()  # no backend reached: the request was refused before it was sent
         scored, number = attempts.last
         how = next((k for _, n, k in attempts.failed if n == number), "cancelled")
         outcome: Outcome = "client_disconnected" if err is None else _outcome_of(err)
@@ -259,11 +263,12 @@ class Gateway:
         record = build_record(
             ctx, scored, prompt, 0, outcome, "counted", attempts.count, None, attempt=number, billed=False
         )
-        self.ledger.submit(record)
+        committed = self.ledger.submit(record)
         observe(self.metrics, record)
         self._failed_attempts(ctx, parsed, attempts, skip=number)
         if err is not None:
             err.recorded = True
+        return committed
 
     def _failed_attempts(self, ctx: RequestContext, parsed: Parsed, attempts: Attempts, skip: int = 0) -> None:
         """Failed attempts that consumed the backend's work (it timed out on the request, or
