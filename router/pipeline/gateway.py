@@ -258,6 +258,11 @@ class Gateway:
             return done_future()  # no backend reached: the request was refused before it was sent
         scored, number = attempts.last
         how = next((k for _, n, k in attempts.failed if n == number), "cancelled")
+        if how == "local":  # our own shortage stopped that attempt before it reached its backend
+            reached = [(s, n, k) for s, n, k in attempts.failed if k != "local"]
+            if not reached:  # no backend was reached at all: refused, and counted as such, at the edge
+                return done_future()
+            scored, number, how = reached[-1]
         outcome: Outcome = "client_disconnected" if err is None else _outcome_of(err)
         prompt = self.tokens.count_prompt(parsed.payload) if how in _CONSUMED else 0
         record = build_record(

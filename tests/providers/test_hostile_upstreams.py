@@ -361,3 +361,9 @@ def test_the_gateways_own_overload_is_never_the_backends_failure(gateway: Gatewa
     assert error["code"] == "no_backend_available" and "max_connections" in error["message"]
     narrow = gateway.backends()["narrow"]
     assert (narrow["failures"], narrow["ejected"]) == (0, False)
+    # Nor does the ledger blame it: the refused request reached no backend, so it has no event.
+    usage = httpx.get(
+        gateway.url + "/admin/v1/usage", params={"limit": 1000}, headers={"authorization": f"Bearer {ADMIN_KEY}"}
+    ).json()
+    assert refused.headers["x-request-id"] not in {e["request_id"] for e in usage["recent"]}
+    assert results[0].headers["x-request-id"] in {e["request_id"] for e in usage["recent"]}
