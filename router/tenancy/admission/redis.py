@@ -40,7 +40,16 @@ from router.tenancy.budgets import (
     report,
     warning,
 )
-from router.tenancy.limits import WINDOW_S, Verdict, buckets, concurrency_refused, first_refusal, headers, stream_slots
+from router.tenancy.limits import (
+    WINDOW_S,
+    Bucket,
+    Verdict,
+    buckets,
+    concurrency_refused,
+    first_refusal,
+    headers,
+    stream_slots,
+)
 from router.tenancy.limits import too_large as too_large_for
 
 log = logging.getLogger("fedrouter")
@@ -256,18 +265,7 @@ class RedisAdmission:
         if status == "budget":
             line = wanted[result[1] - 1]
             raise refusal(demand.tenant, line, result[2], result[3], demand.worst[line.index])
-        verdicts = [
-            (
-                b,
-                Verdict(
-                    b.limit,
-                    result[1][3 * i],
-                    result[1][3 * i + 1] / 1000,
-                    None if result[1][3 * i + 2] < 0 else result[1][3 * i + 2] / 1000,
-                ),
-            )
-            for i, b in enumerate(draws)
-        ]
+        verdicts = _verdicts(draws, result[1])
         if status == "rate":
             raise first_refusal(verdicts)
         if status != "ok":
@@ -338,6 +336,22 @@ class RedisAdmission:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await close_client(self._redis, close_connection_pool=True)  # a pool given to Redis() is not closed by default
+
+
+def _verdicts(draws: list[Bucket], packed: list[int]) -> list[tuple[Bucket, Verdict]]:
+    """The script's answer for each bucket, three integers apiece: remaining, reset and retry (ms, -1 none)."""
+    return [
+        (
+            b,
+            Verdict(
+                b.limit,
+                packed[3 * i],
+                packed[3 * i + 1] / 1000,
+                None if packed[3 * i + 2] < 0 else packed[3 * i + 2] / 1000,
+            ),
+        )
+        for i, b in enumerate(draws)
+    ]
 
 
 def _or_minus(value: int | None) -> int:
