@@ -1,7 +1,9 @@
 """Shared fixtures: simulated upstreams and the gateway, each a real server on a loopback port.
 
-Simulated backends run on one background event loop; each gateway runs under fedrouter's own server in a thread
-of its own. Tests talk to both over HTTP only, as a client and an operator would.
+Simulated backends run on one background event loop; each gateway runs under fedrouter's own server
+(or uvicorn, when a test asks) in a thread of its own. ``start_gateway`` is the one way a test starts
+an in-process gateway; ``fedrouter serve`` processes come from tests/processes.py. Tests talk to both
+over HTTP only, as a client and an operator would.
 """
 
 from __future__ import annotations

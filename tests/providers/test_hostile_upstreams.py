@@ -140,13 +140,12 @@ def gateway(loop_thread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     created = run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
     assert created.returncode == 0, created.stderr
     port = free_port()
+    admin_key = {"FEDROUTER_ADMIN_KEY": ADMIN_KEY}
     try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("FEDROUTER_ADMIN_KEY", ADMIN_KEY)  # the serve process inherits it
-            with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
-                wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-                key = created.stdout.strip().splitlines()[-1]
-                yield Gateway(f"http://127.0.0.1:{port}", proc.pid, key, scripted, mute, sims)
+        with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, env=admin_key) as proc:
+            wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+            key = created.stdout.strip().splitlines()[-1]
+            yield Gateway(f"http://127.0.0.1:{port}", proc.pid, key, scripted, mute, sims)
     finally:
         for runner, _ in started.values():
             loop_thread.run(runner.cleanup())
