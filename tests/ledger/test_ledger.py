@@ -382,13 +382,11 @@ async def test_sqlite_migrates_a_first_release_database(tmp_path: Path) -> None:
     versions.close()
 
 
-def test_gateway_with_unawaited_ledger_still_records_every_request(start_sim_backend, start_gateway, tmp_path):
+def test_gateway_with_unawaited_ledger_still_records_every_request(start_sim_backend, start_gateway):
     """FEDROUTER_LEDGER_DURABLE=false: answers do not wait for the commit, records still land."""
     sim = start_sim_backend("nowait")
     config = {"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}
-    with start_gateway(
-        **config, settings={"ledger": f"sqlite:///{tmp_path / 'l.db'}", "ledger_durable": False}, keys=()
-    ) as gw:
+    with start_gateway(**config, settings={"ledger_durable": False}) as gw:
         url = gw.url
         key = httpx.post(url + "/admin/v1/keys", headers=admin(), json={"tenant": "acme"}).json()["key"]
         ids = set()

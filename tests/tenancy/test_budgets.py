@@ -221,12 +221,10 @@ def key_for():
         "no_max_tokens",
     ],
 )
-def test_every_exit_path_settles_to_the_ledger(start_sim_backend, start_gateway, tmp_path, key_for, path):
+def test_every_exit_path_settles_to_the_ledger(start_sim_backend, start_gateway, key_for, path):
     sim = start_sim_backend("dc1")
     backend = {"timeouts": {"first_token": 0.3, "total": 0.3}} if path == "first_token_timeout" else {}
-    with start_gateway(
-        **_config(sim, **backend), settings={"ledger": f"sqlite:///{tmp_path / 'gw.db'}"}, keys=()
-    ) as gw:
+    with start_gateway(**_config(sim, **backend)) as gw:
         url = gw.url
         auth = key_for(url)
         body = orjson.loads(BODY)
@@ -269,7 +267,7 @@ def test_every_exit_path_settles_to_the_ledger(start_sim_backend, start_gateway,
         assert (state["spent"] > 0) == (path not in unpaid)
 
 
-def test_soft_limit_warns_and_energy_and_carbon_budgets_refuse(start_sim_backend, start_gateway, tmp_path, key_for):
+def test_soft_limit_warns_and_energy_and_carbon_budgets_refuse(start_sim_backend, start_gateway, key_for):
     sim = start_sim_backend("dc1")
     config = _config(sim, hard=1.0, soft=WORST_USD / 2, carbon_intensity=500.0)
     config["tenants"].append(
@@ -281,7 +279,7 @@ def test_soft_limit_warns_and_energy_and_carbon_budgets_refuse(start_sim_backend
             ],
         }
     )
-    with start_gateway(**config, settings={"ledger": f"sqlite:///{tmp_path / 'gw.db'}"}, keys=()) as gw:
+    with start_gateway(**config) as gw:
         url = gw.url
         resp = httpx.post(url + "/v1/chat/completions", headers=key_for(url), content=BODY)
         assert resp.status_code == 200
@@ -298,7 +296,7 @@ def test_spend_survives_a_restart(start_sim_backend, start_gateway, tmp_path, ke
     sim = start_sim_backend("dc1")
     ledger = f"sqlite:///{tmp_path / 'gw.db'}"
     config = _config(sim, hard=WORST_USD * 3.5)
-    with start_gateway(**config, settings={"ledger": ledger}, keys=()) as gw:
+    with start_gateway(**config, settings={"ledger": ledger}) as gw:
         url = gw.url
         auth = key_for(url)
         for _ in range(3):
@@ -306,7 +304,7 @@ def test_spend_survives_a_restart(start_sim_backend, start_gateway, tmp_path, ke
         spent = _settled(url)["spent"]
     assert spent == pytest.approx(3 * (4 * DEAR["input"] + 50 * DEAR["output"]) / 1e6, rel=0.3)
     config["tenants"][0]["budgets"][0]["hard"] = spent + WORST_USD * 0.9  # less than one worst case left
-    with start_gateway(**config, settings={"ledger": ledger}, keys=()) as gw:
+    with start_gateway(**config, settings={"ledger": ledger}) as gw:
         url = gw.url
         assert _budget_state(url)["spent"] == pytest.approx(spent, abs=3e-9)  # ledger sum, rounded up
         refused = httpx.post(url + "/v1/chat/completions", headers=auth, content=BODY)
@@ -350,12 +348,10 @@ def _storms(urls: list[str], auth: dict[str, str], hard: float) -> list[int]:
     return served
 
 
-def test_200_concurrent_requests_never_overshoot_in_process(start_sim_backend, start_gateway, tmp_path, key_for):
+def test_200_concurrent_requests_never_overshoot_in_process(start_sim_backend, start_gateway, key_for):
     dear, cheap = start_sim_backend("dear", ttft_s=0.05), start_sim_backend("cheap", ttft_s=0.05)
     hard = WORST_USD * 10 * (1 + 1e-9)  # 10 worst cases, each rounded up to the next 1e-9 USD
-    with start_gateway(
-        **_config(dear, cheap, hard=hard), settings={"ledger": f"sqlite:///{tmp_path / 'gw.db'}"}, keys=()
-    ) as gw:
+    with start_gateway(**_config(dear, cheap, hard=hard)) as gw:
         url = gw.url
         _storms([url], key_for(url), hard)
 

@@ -43,14 +43,11 @@ def _error(resp, status, code):
 
 
 @pytest.fixture
-def gateway(start_sim_backend, start_gateway, tmp_path):
+def gateway(start_sim_backend, start_gateway):
     sim = start_sim_backend("dc1", models=["m1", "m2"])
     # A long key cache: revocation in this process must not wait for it.
-    with start_gateway(
-        **_config(sim), settings={"ledger": f"sqlite:///{tmp_path / 'gw.db'}", "key_cache_s": 300}, keys=()
-    ) as gw:
-        url = gw.url
-        yield url
+    with start_gateway(**_config(sim), settings={"key_cache_s": 300}, keys=()) as gw:
+        yield gw.url
 
 
 def test_key_is_shown_once_listed_without_secret_and_revoked_at_once(gateway):
@@ -192,13 +189,13 @@ def test_tenants_created_changed_and_deleted_through_the_api(gateway):
     assert names == ["acme"]
 
 
-def test_workers_without_shared_state_refuse_limits_and_budgets(start_sim_backend, start_gateway, tmp_path):
+def test_workers_without_shared_state_refuse_limits_and_budgets(start_sim_backend, start_gateway):
     """One of several processes without --state (FEDROUTER_WORKERS > 1): a limit or budget set
     through the API would hold in this process only, so the API refuses it and writes nothing."""
     sim = start_sim_backend("dc1", models=["m1", "m2"])
     with start_gateway(
         **_config(sim, [{"name": "acme"}]),
-        settings={"ledger": f"sqlite:///{tmp_path / 'gw.db'}", "workers": 2},
+        settings={"workers": 2},
         keys=(),
     ) as gw:
         url = gw.url
@@ -237,7 +234,6 @@ def test_workers_without_shared_state_refuse_limits_and_budgets(start_sim_backen
     with start_gateway(
         **_config(sim, [{"name": "acme"}]),
         settings={
-            "ledger": f"sqlite:///{tmp_path / 'gw2.db'}",
             "workers": 2,
             "state": "redis://127.0.0.1:6379/0",
             "state_prefix": f"fedrouter-test:{time.time_ns()}:",
