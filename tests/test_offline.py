@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import backend_entry
-from tests.processes import free_port, wait_ready
+from tests.processes import FEDROUTER, free_port, wait_ready
 from tests.servers import ADMIN_KEY
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
@@ -97,9 +96,7 @@ def test_the_gateway_reaches_nothing_but_its_backends(start_sim_backend, tmp_pat
         "signal=none",
         "-o",
         str(trace),
-        sys.executable,
-        "-c",
-        "from router.cli import main; main()",
+        *FEDROUTER,
         "serve",
         "--config",
         str(cfg),
