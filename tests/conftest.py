@@ -1,30 +1,25 @@
 """Shared fixtures: simulated upstreams and the gateway, each a real server on a loopback port.
 
-Simulated backends run on one background event loop; each gateway runs under fedrouter's own server in a thread
-of its own. Tests talk to both over HTTP only, as a client and an operator would.
+Simulated backends run on one background event loop; each gateway runs under fedrouter's own server
+(or uvicorn, when a test asks) in a thread of its own. ``start_gateway`` is the one way a test starts
+an in-process gateway; ``fedrouter serve`` processes come from tests/processes.py. Tests talk to both
+over HTTP only, as a client and an operator would.
 """
 
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from router.app import create_app
-from router.config import parse_config
-from router.http.server import Server
-from router.settings import Settings
 from router.sim.backend import SimBackend, SimBehavior, start_sim
-from router.tenancy.keys import KeyStore
-from tests.servers import ADMIN_KEY, start_server
+from tests.servers import Served, ServerKind, admin, gateway_app, serve_app
 
 
 class LoopThread:
@@ -96,20 +91,31 @@ def start_sim_backend(loop_thread: LoopThread) -> Iterator[Callable[..., Sim]]:
 
 @dataclass
 class Gateway:
-    """A gateway served in a thread by fedrouter's own server, with a key per tenant."""
+    """A gateway served in a thread (see tests/servers.py), with a key per tenant; stopped at the
+    end of the test, or at the end of a ``with`` block around it."""
 
-    port: int
+    app: Any
+    served: Served
     keys: dict[str, str]
-    db_path: str
-    server: Server
-    thread: threading.Thread
-    app: Any = None
+    db_path: str | None
     sims: dict[str, Sim] = field(default_factory=dict)
     clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
+    def port(self) -> int:
+        return self.served.port
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.served.url
+
+    @property
+    def server(self) -> Any:
+        return self.served.server
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self.served.thread
 
     def client(self, tenant: str = "acme", **kw: Any) -> openai.OpenAI:
         kw.setdefault("max_retries", 0)
@@ -125,13 +131,24 @@ class Gateway:
         return {"authorization": f"Bearer {self.keys[tenant]}"}
 
     def admin(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {ADMIN_KEY}"}
+        return admin()
 
     def usage(self, tenant: str | None = None) -> dict[str, Any]:
         params = {"tenant": tenant, "limit": 1000} if tenant else {"limit": 1000}
         r = httpx.get(self.url + "/admin/v1/usage", params=params, headers=self.admin(), timeout=10)
         r.raise_for_status()
         return r.json()
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.served.stop()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def backend_entry(sim: Sim, cls: str = "datacenter", **extra: Any) -> dict[str, Any]:
@@ -155,28 +172,38 @@ DEFAULT_TENANTS = [
 
 
 @pytest.fixture
-def start_gateway() -> Iterator[Callable[..., Gateway]]:
-    running: list[Gateway] = []
-    tmp = tempfile.TemporaryDirectory()
+def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Gateway]]:
+    """Start a gateway: ``start_gateway(backends, tenants, **top)`` with the config's top-level
+    sections as keywords (``start_gateway(**raw_config)`` for a whole config), and
 
-    def start(backends: list[dict[str, Any]], tenants: list[dict[str, Any]] | None = None, **top: Any) -> Gateway:
-        raw = {"backends": backends, "tenants": tenants or DEFAULT_TENANTS, **top}
-        config = parse_config(raw)
-        db_path = str(Path(tmp.name) / f"gw{len(running)}.db")
-        settings = Settings(ledger=f"sqlite:///{db_path}", admin_key=ADMIN_KEY, key_cache_s=0)
-        app = create_app(config, settings)
-        store = KeyStore(db_path)
-        keys = {t.name: store.create(t.name)[0] for t in config.tenants}
-        store.close()
-        server, thread, port = start_server(app)
-        gw = Gateway(port, keys, db_path, server, thread, app)
+    - ``settings``: Settings fields over the tests' own (a fresh SQLite ledger, the test admin key,
+      no key cache);
+    - ``server``: "fedrouter" (the default, as in production) or "uvicorn";
+    - ``options``: the server's own (``idle_s``, say);
+    - ``keys``: the tenants to create a key for before serving (every config tenant by default).
+    """
+    running: list[Gateway] = []
+    folder = tmp_path_factory.mktemp("gateways")
+
+    def start(
+        backends: list[dict[str, Any]],
+        tenants: list[dict[str, Any]] | None = None,
+        *,
+        settings: dict[str, Any] | None = None,
+        server: ServerKind = "fedrouter",
+        options: dict[str, Any] | None = None,
+        keys: Iterable[str] | None = None,
+        **top: Any,
+    ) -> Gateway:
+        chosen = {"ledger": f"sqlite:///{folder / f'gw{len(running)}.db'}", **(settings or {})}
+        app = gateway_app({"backends": backends, "tenants": tenants or DEFAULT_TENANTS, **top}, **chosen)
+        names = [t.name for t in app.state.config.tenants] if keys is None else keys
+        made = {name: app.state.keys.create(name)[0] for name in names}
+        db_path = chosen["ledger"].removeprefix("sqlite:///") if chosen["ledger"].startswith("sqlite:///") else None
+        gw = Gateway(app, serve_app(app, server, **(options or {})), made, db_path)
         running.append(gw)
         return gw
 
     yield start
     for gw in running:
-        for client in gw.clients:
-            client.close()
-        gw.server.stop()
-        gw.thread.join(10)
-    tmp.cleanup()
+        gw.stop()

@@ -1,15 +1,21 @@
-"""A gateway app served in a thread (by fedrouter's own server, as in production, or by uvicorn),
-for tests that need settings the shared fixture does not set."""
+"""An app served in a thread on a loopback port: the one function every in-process gateway (and the
+admin page) is started with.
+
+fedrouter's own server runs it by default, on uvloop as ``fedrouter serve`` does; uvicorn runs it
+when a test asks, to show that the app stays a plain ASGI app. The ``start_gateway`` fixture
+(tests/conftest.py) builds the app and its keys on top of this; real processes are in
+tests/processes.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import uvicorn
 import uvloop
@@ -22,10 +28,50 @@ from router.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
 
+ServerKind = Literal["fedrouter", "uvicorn"]
 
-def start_server(app: Any, **options: Any) -> tuple[Server, threading.Thread, int]:
-    """Serve ``app`` with fedrouter's server on a free loopback port in a thread (on uvloop, as
-    ``fedrouter serve`` does); returns once it accepts connections. Stop it with ``server.stop()``."""
+
+@dataclass
+class Served:
+    """A server running an app in a thread; ``stop`` ends it (a second stop is harmless)."""
+
+    server: Server | uvicorn.Server
+    thread: threading.Thread
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if isinstance(self.server, Server):
+            self.server.stop()
+        else:
+            self.server.should_exit = True
+        self.thread.join(10)
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def gateway_app(raw_config: dict[str, Any], **settings: Any) -> Any:
+    """The gateway app for ``raw_config``, with the tests' admin key and no key cache unless
+    ``settings`` say otherwise."""
+    return create_app(parse_config(raw_config), Settings(**{"admin_key": ADMIN_KEY, "key_cache_s": 0, **settings}))
+
+
+def serve_app(app: Any, server: ServerKind = "fedrouter", **options: Any) -> Served:
+    """Serve ``app`` on a free loopback port in a thread; returns once it accepts connections.
+    ``options`` go to the server: fedrouter's ``Server`` (``idle_s``, ``grace_s``) or ``uvicorn.Config``."""
+    if server == "uvicorn":
+        return _uvicorn(app, **options)
+    return _fedrouter(app, **options)
+
+
+def _fedrouter(app: Any, **options: Any) -> Served:
     sock = bind("127.0.0.1", 0)
     server = Server(app, **options)
     failed: list[BaseException] = []
@@ -39,57 +85,28 @@ def start_server(app: Any, **options: Any) -> tuple[Server, threading.Thread, in
 
     thread = threading.Thread(target=main, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if failed or time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"gateway did not start: {failed[0] if failed else 'timed out'}")
-        time.sleep(0.01)
-    return server, thread, sock.getsockname()[1]
+    _wait_started(lambda: server.started, thread, failed)
+    return Served(server, thread, sock.getsockname()[1])
 
 
-def start_uvicorn(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
-    """Serve ``app`` on a free loopback port in a thread; returns once it accepts connections."""
+def _uvicorn(app: Any, **options: Any) -> Served:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **options)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
+    _wait_started(lambda: server.started, thread, [])
+    return Served(server, thread, sock.getsockname()[1])
+
+
+def _wait_started(started: Callable[[], bool], thread: threading.Thread, failed: list[BaseException]) -> None:
     deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("gateway did not start")
+    while not started():
+        if failed or time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"gateway did not start: {failed[0] if failed else 'timed out'}")
         time.sleep(0.01)
-    return server, thread, sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def uvicorn_gateway(backend: dict[str, Any]) -> Iterator[tuple[int, str]]:
-    """The app for ``backend`` and tenant "acme" under uvicorn until the block ends; yields its
-    port and a key of acme's."""
-    app = create_app(
-        parse_config({"backends": [backend], "tenants": [{"name": "acme"}]}),
-        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
-    )
-    key = app.state.keys.create("acme")[0]
-    server, thread, port = start_uvicorn(app)
-    try:
-        yield port, key
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-@contextlib.contextmanager
-def serve(raw_config: dict[str, Any], **settings: Any) -> Iterator[str]:
-    """Run a gateway for ``raw_config`` until the block ends; yields its base URL."""
-    app = create_app(parse_config(raw_config), Settings(admin_key=ADMIN_KEY, **settings))
-    server, thread, port = start_server(app)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        thread.join(10)
 
 
 def admin() -> dict[str, str]:

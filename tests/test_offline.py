@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -21,8 +20,8 @@ import openai
 import pytest
 import yaml
 
-from tests.cli.test_cli import _free_port, _wait_ready
 from tests.conftest import backend_entry
+from tests.processes import FEDROUTER, free_port, wait_ready
 from tests.servers import ADMIN_KEY
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
@@ -83,7 +82,7 @@ def test_the_gateway_reaches_nothing_but_its_backends(start_sim_backend, tmp_pat
         "energy": {"joules_per_token": 0.5},
     }  # no price: litellm's map gives it
     cfg.write_text(yaml.safe_dump({"backends": [backend_entry(local), litellm_entry], "tenants": [{"name": "acme"}]}))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     trace = tmp_path / "strace.log"
     env = {"FEDROUTER_ADMIN_KEY": ADMIN_KEY, "ANTH_KEY": "sk-ant-test", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
@@ -97,9 +96,7 @@ def test_the_gateway_reaches_nothing_but_its_backends(start_sim_backend, tmp_pat
         "signal=none",
         "-o",
         str(trace),
-        sys.executable,
-        "-c",
-        "from router.cli import main; main()",
+        *FEDROUTER,
         "serve",
         "--config",
         str(cfg),
@@ -110,7 +107,7 @@ def test_the_gateway_reaches_nothing_but_its_backends(start_sim_backend, tmp_pat
     ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path) as strace:
         try:
-            _wait_ready(url + "/healthz", strace, timeout=60)  # type: ignore[arg-type]
+            wait_ready(url + "/healthz", strace, timeout=60)  # type: ignore[arg-type]
             admin = {"authorization": f"Bearer {ADMIN_KEY}"}
             key = httpx.post(url + "/admin/v1/keys", headers=admin, json={"tenant": "acme"}, timeout=10).json()["key"]
             client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30)

@@ -5,7 +5,6 @@ gateway with the admin key. ``.ci/run`` puts promtool and prometheus on PATH."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import backend_entry
+from tests.processes import free_port
 from tests.servers import ADMIN_KEY, wait_for
 
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "dashboards" / "prometheus"
@@ -110,19 +110,13 @@ def test_exposition_passes_promtool_lint(gw) -> None:
     promtool("check", "metrics", stdin=text)  # non-zero on a malformed exposition or a lint problem
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Any]:
     """Start a real Prometheus on a config; yields a function from config path to its API URL."""
     running: list[subprocess.Popen[bytes]] = []
 
     def start(config: Path) -> str:
-        port = _free_port()
+        port = free_port()
         with (tmp_path / "prometheus.log").open("wb") as log:
             running.append(
                 subprocess.Popen(

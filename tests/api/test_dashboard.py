@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from router.api import admin, admin_tenants
 from router.api.dashboard import router as dashboard_router
 from router.metrics import Metrics
-from tests.servers import start_uvicorn
+from tests.servers import serve_app
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
 GRAFANA = DASHBOARDS / "grafana" / "fedrouter-overview.json"
@@ -94,10 +94,8 @@ def test_contract_matches_the_registered_metrics() -> None:
 def base_url() -> Iterator[str]:
     app = FastAPI()
     app.include_router(dashboard_router)
-    server, thread, port = start_uvicorn(app)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_app(app, "uvicorn") as served:
+        yield served.url
 
 
 def _assets(html: str) -> list[str]:

@@ -17,11 +17,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from router.app import create_app
-from router.config import parse_config
 from router.settings import Settings
 from tests.conftest import backend_entry
-from tests.servers import ADMIN_KEY, start_server
+from tests.servers import ADMIN_KEY
 
 MINE, THEIRS = "tenant-a", "zz-tenant-b"
 
@@ -179,21 +177,16 @@ def test_admin_routes_refuse_an_empty_or_wrong_bearer(world, bearer):
     assert _raw_status(gw.url, "GET", "/admin/v1/usage", f"Bearer {ADMIN_KEY}") == 200
 
 
-def test_the_admin_key_is_compared_stripped_on_both_sides(start_sim_backend, tmp_path):
+def test_the_admin_key_is_compared_stripped_on_both_sides(start_sim_backend, start_gateway):
     """A key read with a stray newline (an env file) and a bearer with trailing blanks are the same key."""
     sim = start_sim_backend("dc1")
-    config = parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": MINE}]})
-    app = create_app(config, Settings(ledger=f"sqlite:///{tmp_path / 'l.db'}", admin_key=f"  {ADMIN_KEY}\n"))
-    server, thread, port = start_server(app)
-    try:
-        base = f"http://127.0.0.1:{port}"
+    settings = {"admin_key": f"  {ADMIN_KEY}\n"}
+    with start_gateway([backend_entry(sim)], [{"name": MINE}], settings=settings, keys=()) as gw:
+        base = gw.url
         assert _raw_status(base, "GET", "/admin/v1/usage", f"Bearer {ADMIN_KEY}") == 200
         assert _raw_status(base, "GET", "/admin/v1/usage", f"Bearer  {ADMIN_KEY} ") == 200
         assert _raw_status(base, "GET", "/admin/v1/usage", f"Bearer {ADMIN_KEY}x") == 401
         assert _raw_status(base, "GET", "/admin/v1/usage", "Bearer ") == 401
-    finally:
-        server.stop()
-        thread.join(10)
 
 
 @pytest.mark.parametrize(("key", "fragment"), [("", "set but empty"), ("  \t ", "set but empty"), ("x" * 15, "15")])

@@ -2,68 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-FEDROUTER = [sys.executable, "-c", "from router.cli import main; main()"]
-
-
-def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*FEDROUTER, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}, check=False
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _spawn(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen[str]]:
-    """Run fedrouter until the block ends, then stop it with SIGTERM as an operator would."""
-    with subprocess.Popen(
-        [*FEDROUTER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
-    ) as proc:
-        try:
-            yield proc
-        finally:
-            _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM, as an operator would, and SIGKILL if it has not exited within 15 s."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 15) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url, timeout=0.5).status_code == 200:
-                return time.monotonic() - started
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
+from tests.processes import free_port, run, spawn, wait_ready
 
 
 @pytest.fixture
@@ -88,20 +36,20 @@ tenants:
 
 def test_keys_serve_and_usage(sim_and_config):
     _, cfg, ledger = sim_and_config
-    created = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
+    created = run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("fr-") and len(key) > 40
     assert key not in Path(ledger.removeprefix("sqlite:///")).read_bytes().decode("latin-1"), "keys are stored hashed"
 
-    port = _free_port()
-    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+    port = free_port()
+    with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         for _ in range(3):
             client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
         client.close()
-    usage = _run("usage", "--tenant", "acme", "--ledger", ledger)
+    usage = run("usage", "--tenant", "acme", "--ledger", ledger)
     assert usage.returncode == 0
     assert "requests:      3" in usage.stdout
     assert "output tokens: 12" in usage.stdout
@@ -109,10 +57,10 @@ def test_keys_serve_and_usage(sim_and_config):
 
 def test_serve_with_two_workers(sim_and_config):
     _, cfg, ledger = sim_and_config
-    key = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger).stdout.split()[-1]
-    port = _free_port()
-    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+    key = run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger).stdout.split()[-1]
+    port = free_port()
+    with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
         for _ in range(6):
             r = httpx.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -120,7 +68,7 @@ def test_serve_with_two_workers(sim_and_config):
                 json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
             )
             assert r.status_code == 200
-    assert "requests:      6" in _run("usage", "--tenant", "acme", "--ledger", ledger).stdout
+    assert "requests:      6" in run("usage", "--tenant", "acme", "--ledger", ledger).stdout
 
 
 def test_workers_without_shared_state_refuse_limits(sim_and_config, tmp_path):
@@ -129,20 +77,20 @@ def test_workers_without_shared_state_refuse_limits(sim_and_config, tmp_path):
     _, cfg, ledger = sim_and_config
     limited = tmp_path / "limited.yaml"
     limited.write_text(cfg.read_text() + "    budgets: [{metric: usd, period: daily, hard: 1.0}]\n")
-    port = _free_port()
-    refused = _run("serve", "--config", str(limited), "--port", str(port), "--ledger", ledger, "--workers", "2")
+    port = free_port()
+    refused = run("serve", "--config", str(limited), "--port", str(port), "--ledger", ledger, "--workers", "2")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "tenant acme (budgets)" in refused.stderr and "--state redis://" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
 
     # A key's own limits count too, from the key store.
-    created = _run("keys", "create", "--tenant", "acme", "--rpm", "5", "--config", str(cfg), "--ledger", ledger)
+    created = run("keys", "create", "--tenant", "acme", "--rpm", "5", "--config", str(cfg), "--ledger", ledger)
     assert created.returncode == 0, created.stderr
-    refused = _run("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2")
+    refused = run("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2")
     assert refused.returncode == 2 and "of tenant acme (rate limits)" in refused.stderr
     with socket.socket() as sock:  # and nothing was left listening
         assert sock.connect_ex(("127.0.0.1", port)) != 0
-    zero = _run("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "0")
+    zero = run("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "0")
     assert zero.returncode == 2 and "--workers 0: give at least 1" in zero.stderr
 
 
@@ -152,11 +100,11 @@ def test_two_workers_with_shared_state_hold_one_rate_limit(sim_and_config, tmp_p
     _, cfg, ledger = sim_and_config
     limited = tmp_path / "limited.yaml"
     limited.write_text(cfg.read_text() + "    limits: {requests_per_minute: 5}\n")
-    key = _run("keys", "create", "--tenant", "acme", "--config", str(limited), "--ledger", ledger).stdout.split()[-1]
+    key = run("keys", "create", "--tenant", "acme", "--config", str(limited), "--ledger", ledger).stdout.split()[-1]
     monkeypatch.setenv("FEDROUTER_STATE_PREFIX", f"fedrouter-test:{time.time_ns()}:")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with _spawn(
+    with spawn(
         "serve",
         "--config",
         str(limited),
@@ -169,7 +117,7 @@ def test_two_workers_with_shared_state_hold_one_rate_limit(sim_and_config, tmp_p
         "--state",
         "redis://127.0.0.1:6379/0",
     ) as proc:
-        _wait_ready(url + "/healthz", proc, timeout=30)
+        wait_ready(url + "/healthz", proc, timeout=30)
         fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection each time: either worker may take it
         with httpx.Client(base_url=url, limits=fresh, timeout=10) as client:
             workers: set[str] = set()
@@ -204,7 +152,7 @@ def test_cli_errors_are_one_clear_line_and_nonzero(tmp_path, sim_and_config, arg
         cfg = tmp_path / "typo.yaml"
         cfg.write_text("backendz: []\n")
     full = [*args, str(cfg)] if args == ["check-config"] else [*args, "--config", str(cfg)]
-    result = _run(*full, "--ledger", ledger) if args[0] == "keys" else _run(*full)
+    result = run(*full, "--ledger", ledger) if args[0] == "keys" else run(*full)
     assert result.returncode == 2
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
@@ -212,10 +160,10 @@ def test_cli_errors_are_one_clear_line_and_nonzero(tmp_path, sim_and_config, arg
 
 def test_check_config_warns_of_a_model_without_a_price(sim_and_config, tmp_path):
     _, cfg, _ = sim_and_config
-    assert _run("check-config", str(cfg)).stderr == ""  # its backend declares a price
+    assert run("check-config", str(cfg)).stderr == ""  # its backend declares a price
     unpriced = tmp_path / "unpriced.yaml"
     unpriced.write_text(cfg.read_text().replace("    price: {input: 1.0, output: 2.0}\n", ""))
-    result = _run("check-config", str(unpriced))
+    result = run("check-config", str(unpriced))
     assert result.returncode == 0 and result.stdout.strip() == f"{unpriced}: ok (1 backend, 1 tenant)"
     assert result.stderr.startswith("warning: backend up: model m1 (m1) has no price")
     assert "recorded at cost 0" in result.stderr and len(result.stderr.splitlines()) == 1
@@ -223,14 +171,14 @@ def test_check_config_warns_of_a_model_without_a_price(sim_and_config, tmp_path)
 
 def test_unsupported_ledger_url_is_refused(sim_and_config):
     _, cfg, _ = sim_and_config
-    result = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", "mysql://x/y")
+    result = run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", "mysql://x/y")
     assert result.returncode == 2 and "only sqlite:///PATH is supported" in result.stderr
 
 
 def test_demo_starts_and_routes(tmp_path):
-    port = _free_port()
-    with _spawn("demo", "--port", str(port), "--ledger", f"sqlite:///{tmp_path}/d.db", cwd=tmp_path) as proc:
-        assert _wait_ready(f"http://127.0.0.1:{port}/healthz", proc) < 10
+    port = free_port()
+    with spawn("demo", "--port", str(port), "--ledger", f"sqlite:///{tmp_path}/d.db", cwd=tmp_path) as proc:
+        assert wait_ready(f"http://127.0.0.1:{port}/healthz", proc) < 10
         banner = [proc.stdout.readline() for _ in range(7)]  # type: ignore[union-attr]
     tenants = {line.split()[1] for line in banner if line.strip().startswith("tenant ")}
     assert {"demo", "eu-gov", "green", "speedy", "frugal"} == tenants
@@ -239,9 +187,9 @@ def test_demo_starts_and_routes(tmp_path):
 def test_demo_policies_route_differently(tmp_path):
     """Each demo tenant's policy ranks the demo backends as it promises. Checked on the dry-run
     ranking, which has no exploration draw (a real request may try an unmeasured backend first)."""
-    port = _free_port()
-    with _spawn("demo", "--port", str(port), "--ledger", f"sqlite:///{tmp_path}/d.db", cwd=tmp_path) as proc:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+    port = free_port()
+    with spawn("demo", "--port", str(port), "--ledger", f"sqlite:///{tmp_path}/d.db", cwd=tmp_path) as proc:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
         keys: dict[str, str] = {}
         admin_key = ""
         while len(keys) < 5:  # the banner is printed before the server starts
@@ -276,8 +224,8 @@ def test_demo_policies_route_differently(tmp_path):
 )
 def test_serve_refuses_an_empty_or_short_admin_key(sim_and_config, key, fragment):
     _, cfg, ledger = sim_and_config
-    args = ("serve", "--config", str(cfg), "--port", str(_free_port()), "--ledger", ledger)
-    result = _run(*args, env={"FEDROUTER_ADMIN_KEY": key})
+    args = ("serve", "--config", str(cfg), "--port", str(free_port()), "--ledger", ledger)
+    result = run(*args, env={"FEDROUTER_ADMIN_KEY": key})
     assert result.returncode == 2
     assert fragment in result.stderr and "FEDROUTER_ADMIN_KEY" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -286,9 +234,9 @@ def test_serve_refuses_an_empty_or_short_admin_key(sim_and_config, key, fragment
 def test_serve_without_an_admin_key_says_the_admin_api_is_off(sim_and_config, monkeypatch):
     monkeypatch.delenv("FEDROUTER_ADMIN_KEY", raising=False)
     _, cfg, ledger = sim_and_config
-    port = _free_port()
-    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+    port = free_port()
+    with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
         for path in ("/admin/v1/usage", "/metrics"):
             for bearer in ("", "Bearer", "Bearer x"):
                 r = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"authorization": bearer}, timeout=5)

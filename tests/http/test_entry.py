@@ -12,18 +12,19 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Sim, backend_entry
+from tests.conftest import Gateway, Sim, backend_entry
 from tests.http.test_server import request
-from tests.servers import ADMIN_KEY, uvicorn_gateway, wait_for
+from tests.servers import ADMIN_KEY, wait_for
 
 pytestmark = pytest.mark.timeout(20)
 
 
 def test_inference_under_uvicorn_cancels_its_upstream_when_the_client_leaves(
-    start_sim_backend: Callable[..., Sim],
+    start_sim_backend: Callable[..., Sim], start_gateway: Callable[..., Gateway]
 ) -> None:
     sim = start_sim_backend("uvslow", ttft_s=4.0)
-    with uvicorn_gateway(backend_entry(sim)) as (port, key):
+    with start_gateway([backend_entry(sim)], [{"name": "acme"}], server="uvicorn") as gw:
+        port, key = gw.port, gw.keys["acme"]
         body = orjson.dumps(
             {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
         )
@@ -40,13 +41,14 @@ def test_inference_under_uvicorn_cancels_its_upstream_when_the_client_leaves(
 
 
 def test_an_unread_stream_under_uvicorn_is_ended_at_its_backends_total(
-    start_sim_backend: Callable[..., Sim],
+    start_sim_backend: Callable[..., Sim], start_gateway: Callable[..., Gateway]
 ) -> None:
     """Another ASGI server shows no write deadline to the app, but the backend's timeouts.total
     still bounds the relay: the stream is ended, the backend's stream cancelled, and the tokens
     so far billed as a disconnect."""
     sim = start_sim_backend("uvfast", reply="word " * 400)
-    with uvicorn_gateway(backend_entry(sim, timeouts={"total": 1.0})) as (port, key):
+    with start_gateway([backend_entry(sim, timeouts={"total": 1.0})], [{"name": "acme"}], server="uvicorn") as gw:
+        port, key = gw.port, gw.keys["acme"]
         body = orjson.dumps(
             {"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 60000, "stream": True}
         )

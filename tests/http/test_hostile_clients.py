@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,9 +18,9 @@ import orjson
 import pytest
 from starlette.responses import StreamingResponse
 
-from tests.cli.test_cli import _free_port, _run, _stop, _wait_ready
 from tests.conftest import Gateway, Sim, backend_entry
 from tests.http.test_server import DONE, Wire, assert_openai_error, chat, request
+from tests.processes import free_port, run, spawn, wait_ready
 from tests.servers import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -178,7 +177,7 @@ def fd_config(sim: Sim, tmp_path: Path) -> tuple[Path, str, str]:
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
     keys = []
     for tenant in ("acme", "other"):
-        created = _run("keys", "create", "--tenant", tenant, "--config", str(cfg), "--ledger", ledger)
+        created = run("keys", "create", "--tenant", tenant, "--config", str(cfg), "--ledger", ledger)
         assert created.returncode == 0, created.stderr
         keys.append(created.stdout.split()[-1])
     return cfg, ledger, keys[1]
@@ -186,13 +185,9 @@ def fd_config(sim: Sim, tmp_path: Path) -> tuple[Path, str, str]:
 
 @contextlib.contextmanager
 def _serve_with_fds(cfg: Path, ledger: str, port: int, nofile: int) -> Iterator[subprocess.Popen[str]]:
-    command = ["prlimit", f"--nofile={nofile}", sys.executable, "-c", "from router.cli import main; main()"]
     args = ["serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger]
-    with subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            yield proc
-        finally:
-            _stop(proc)
+    with spawn(*args, wrapper=["prlimit", f"--nofile={nofile}"]) as proc:
+        yield proc
 
 
 @pytest.mark.timeout(60)
@@ -201,10 +196,10 @@ def test_a_flood_at_256_descriptors_is_refused_and_the_backend_kept(fd_config: t
     than it has. Those over the cap (half the limit) are refused; the gateway keeps descriptors for
     its backend, so another tenant is answered throughout and the backend is never ejected."""
     cfg, ledger, key = fd_config
-    port = _free_port()
+    port = free_port()
     auth = {"authorization": f"Bearer {key}"}
     with _serve_with_fds(cfg, ledger, port, 256) as proc:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
         with Wire(port) as other, contextlib.ExitStack() as stack:
             body = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
             ask = request("POST", "/v1/chat/completions", body, auth)

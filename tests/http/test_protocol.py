@@ -12,12 +12,9 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from router.app import create_app
-from router.config import parse_config
 from router.http.protocol import Connection
 from router.http.server import Server
-from router.settings import Settings
-from tests.servers import ADMIN_KEY
+from tests.servers import gateway_app
 
 pytestmark = pytest.mark.asyncio
 
@@ -75,7 +72,7 @@ async def server() -> AsyncIterator[Server]:
         "tenants": [{"name": "acme"}],
         "limits": {"max_connections": 2, "head_timeout_s": 1.0},
     }
-    app = create_app(parse_config(raw), Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY))
+    app = gateway_app(raw, ledger="sqlite:///:memory:")
     srv = Server(app)
     srv.loop = asyncio.get_running_loop()
     srv.now = srv.loop.time()

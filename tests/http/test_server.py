@@ -21,13 +21,10 @@ import openai
 import orjson
 import pytest
 
-from router.app import create_app
-from router.config import parse_config
-from router.settings import Settings
-from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
 from tests.conftest import Gateway, Sim, backend_entry
 from tests.openai_schema import validate
-from tests.servers import ADMIN_KEY, start_server, uvicorn_gateway, wait_for
+from tests.processes import free_port, run, spawn, wait_ready
+from tests.servers import wait_for
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -589,7 +586,7 @@ tenants:
   - name: acme
 """)
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
-    created = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
+    created = run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
     assert created.returncode == 0, created.stderr
     return cfg, ledger, created.stdout.split()[-1]
 
@@ -597,10 +594,10 @@ tenants:
 @pytest.mark.timeout(45)  # two spawned interpreters importing the app
 def test_two_workers_share_the_port_and_stop_on_sigterm(worker_config: tuple[Path, str, str]) -> None:
     cfg, ledger, key = worker_config
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
-        _wait_ready(url + "/healthz", proc, timeout=30)
+    with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
+        wait_ready(url + "/healthz", proc, timeout=30)
         fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection each time: either worker may take it
         with httpx.Client(
             base_url=url, headers={"authorization": f"Bearer {key}"}, limits=fresh, timeout=TIMEOUT
@@ -630,7 +627,7 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(worker_config: tuple[Pat
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)  # raises TimeoutExpired (and _spawn kills it) if it hangs
         assert proc.returncode == 0, err
-    assert "requests:      40" in _run("usage", "--tenant", "acme", "--ledger", ledger).stdout
+    assert "requests:      40" in run("usage", "--tenant", "acme", "--ledger", ledger).stdout
 
 
 def _alive(pid: int) -> bool:
@@ -646,9 +643,9 @@ def test_workers_end_when_their_parent_is_killed(worker_config: tuple[Path, str,
     """SIGKILL leaves the parent no chance to pass anything on: each worker still stops (on
     Linux, by the parent-death signal) rather than serving the port on its own for ever."""
     cfg, ledger, _ = worker_config
-    port = _free_port()
-    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+    port = free_port()
+    with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, "--workers", "2") as proc:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
         children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
         workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
         assert len(workers) == 2
@@ -661,11 +658,14 @@ def test_workers_end_when_their_parent_is_killed(worker_config: tuple[Path, str,
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing serves the port any more
 
 
-def test_the_app_also_serves_under_uvicorn(start_sim_backend: Callable[..., Sim]) -> None:
+def test_the_app_also_serves_under_uvicorn(
+    start_sim_backend: Callable[..., Sim], start_gateway: Callable[..., Gateway]
+) -> None:
     """The FastAPI app stays a plain ASGI app (its fast path included) for those who run it under
     another server: the same answers, streams and errors as under fedrouter's own server."""
     sim = start_sim_backend("uv1")
-    with uvicorn_gateway(backend_entry(sim)) as (port, key):
+    with start_gateway([backend_entry(sim)], [{"name": "acme"}], server="uvicorn") as gw:
+        port, key = gw.port, gw.keys["acme"]
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         done = client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert done.object == "chat.completion" and done.usage is not None and done.usage.completion_tokens == 3
@@ -689,16 +689,14 @@ def test_the_app_also_serves_under_uvicorn(start_sim_backend: Callable[..., Sim]
         assert raw.headers["x-request-id"].startswith("req_") and raw.headers["x-fedrouter-backend"] == "uv1"
 
 
-def test_idle_connections_are_closed(start_sim_backend: Callable[..., Sim]) -> None:
+def test_idle_connections_are_closed(
+    start_sim_backend: Callable[..., Sim], start_gateway: Callable[..., Gateway]
+) -> None:
     """A kept-alive connection left silent, or a request never finished, does not hold a socket
     for ever; a connection in use is left alone."""
     sim = start_sim_backend("idle1")
-    app = create_app(
-        parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
-        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0),
-    )
-    server, thread, port = start_server(app, idle_s=0.6)
-    try:
+    with start_gateway([backend_entry(sim)], [{"name": "acme"}], options={"idle_s": 0.6}) as gw:
+        port = gw.port
         with Wire(port) as kept, Wire(port) as unfinished, Wire(port) as busy:
             kept.send(request("GET", "/healthz"))
             assert kept.answer().status == 200
@@ -710,6 +708,3 @@ def test_idle_connections_are_closed(start_sim_backend: Callable[..., Sim]) -> N
             assert kept.closed_by_server() and unfinished.closed_by_server()
             busy.send(request("GET", "/healthz"))
             assert busy.answer().status == 200
-    finally:
-        server.stop()
-        thread.join(10)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.cli.test_cli import FEDROUTER, _free_port, _wait_ready
+from tests.processes import free_port, run, spawn, wait_ready
 
 STREAMS = 50
 PLAIN = 10
@@ -77,23 +77,13 @@ tenants:
 """)
     db = tmp_path / "ledger.db"
     ledger = f"sqlite:///{db}"
-    created = subprocess.run(
-        [*FEDROUTER, "keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    created = run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
+    assert created.returncode == 0, created.stderr
     key = created.stdout.split()[-1]
-    port = _free_port()
-    with subprocess.Popen(
-        [*FEDROUTER, "serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    port = free_port()
+    with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
         try:
-            _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+            wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
             results = asyncio.run(_traffic(f"http://127.0.0.1:{port}", key, proc))
         finally:
             proc.kill()

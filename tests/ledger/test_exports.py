@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,11 +15,10 @@ import orjson
 import pytest
 
 from router.ledger.exports import FOCUS_CUSTOM, FOCUS_MANDATORY
-from tests.cli.test_cli import _free_port, _wait_ready
 from tests.conftest import backend_entry
 from tests.ledger.test_ledger import pg_url  # noqa: F401  (the fixture: a PostgreSQL database for this session)
+from tests.processes import free_port, run, spawn, wait_ready
 
-FEDROUTER = [sys.executable, "-c", "from router.cli import main; main()"]
 TODAY = datetime.now(UTC).date()
 # Around the requests' day, so a run that crosses midnight UTC still exports everything.
 SPAN = {"from": str(TODAY - timedelta(days=1)), "to": str(TODAY + timedelta(days=1))}
@@ -182,16 +178,10 @@ def test_payouts_per_backend(gw, fmt):
     assert fetch(gw, "/admin/v1/payouts", gw.admin(), format="focus").status_code == 400
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*FEDROUTER, *args], capture_output=True, text=True, timeout=60, env=dict(os.environ), check=False
-    )
-
-
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "focus"])
 def test_cli_export_matches_ledger_totals(gw, tmp_path: Path, fmt):
     out = tmp_path / f"acme.{fmt}"
-    result = run_cli(
+    result = run(
         "export",
         "--tenant",
         "acme",
@@ -209,7 +199,7 @@ def test_cli_export_matches_ledger_totals(gw, tmp_path: Path, fmt):
     assert result.returncode == 0, result.stderr
     rows = parse(out.read_bytes(), fmt)
     assert_cents(billed_cost(rows, fmt, "request"), gw.usage("acme")["totals"]["cost_usd"])
-    daily = run_cli(
+    daily = run(
         "export",
         "--tenant",
         "acme",
@@ -229,7 +219,7 @@ def test_cli_export_matches_ledger_totals(gw, tmp_path: Path, fmt):
 
 
 def test_cli_payouts(gw):
-    result = run_cli("payouts", "--from", SPAN["from"], "--to", SPAN["to"], "--ledger", f"sqlite:///{gw.db_path}")
+    result = run("payouts", "--from", SPAN["from"], "--to", SPAN["to"], "--ledger", f"sqlite:///{gw.db_path}")
     assert result.returncode == 0, result.stderr
     revenue = sum((Decimal(r["revenue_usd"]) for r in parse(result.stdout.encode(), "csv")), Decimal(0))
     assert_cents(revenue, gw.usage()["totals"]["cost_usd"])
@@ -246,10 +236,10 @@ def test_cli_payouts(gw):
 )
 def test_cli_export_bad_input_is_one_line_and_exit_2(tmp_path: Path, args, fragment):
     db = tmp_path / "none.db"
-    result = run_cli("export", "--tenant", "acme", *args, "--ledger", f"sqlite:///{db}")
+    result = run("export", "--tenant", "acme", *args, "--ledger", f"sqlite:///{db}")
     assert result.returncode == 2
     assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    missing = run_cli("export", "--from", "2025-02-01", "--to", "2025-02-02", "--ledger", f"sqlite:///{db}")
+    missing = run("export", "--from", "2025-02-01", "--to", "2025-02-02", "--ledger", f"sqlite:///{db}")
     assert missing.returncode == 2 and "no ledger at" in missing.stderr
     assert not db.exists()
 
@@ -272,45 +262,21 @@ def test_gateway_on_a_postgres_ledger_keeps_keys_in_sqlite(start_sim_backend, tm
         f"backends:\n  - {{name: dc1, class: datacenter, type: openai, base_url: '{sim.base_url}', "
         "models: [m1], price: {input: 1.0, output: 2.0}}\ntenants:\n  - name: acme\n"
     )
-    env = {**os.environ, "FEDROUTER_LEDGER": pg, "FEDROUTER_KEYS_DB": str(tmp_path / "keys.db")}
-    created = subprocess.run(
-        [*FEDROUTER, "keys", "create", "--tenant", "acme", "--config", str(cfg)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"FEDROUTER_LEDGER": pg, "FEDROUTER_KEYS_DB": str(tmp_path / "keys.db")}
+    created = run("keys", "create", "--tenant", "acme", "--config", str(cfg), env=env)
     assert created.returncode == 0, created.stderr
     key = created.stdout.split()[-1]
-    port = _free_port()
-    with subprocess.Popen(
-        [*FEDROUTER, "serve", "--config", str(cfg), "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-            r = httpx.post(
-                f"http://127.0.0.1:{port}/v1/chat/completions",
-                headers={"authorization": f"Bearer {key}"},
-                json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4},
-            )
-            assert r.status_code == 200
-            request_id = r.headers["x-request-id"]
-        finally:
-            proc.terminate()
-            proc.communicate(timeout=15)
-    exported = subprocess.run(
-        [*FEDROUTER, "export", "--from", SPAN["from"], "--to", SPAN["to"], "--format", "jsonl"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    port = free_port()
+    with spawn("serve", "--config", str(cfg), "--port", str(port), env=env) as proc:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4},
+        )
+        assert r.status_code == 200
+        request_id = r.headers["x-request-id"]
+    exported = run("export", "--from", SPAN["from"], "--to", SPAN["to"], "--format", "jsonl", env=env)
     assert exported.returncode == 0, exported.stderr
     rows = [r for r in parse(exported.stdout.encode(), "jsonl") if r["request_id"] == request_id]
     assert len(rows) == 1 and rows[0]["output_tokens"] == 4 and rows[0]["key_id"].startswith("key_")
@@ -351,7 +317,7 @@ def test_bad_ranges_are_400_on_every_route_that_takes_one(gw, span, param):
 )
 @pytest.mark.parametrize("command", ["export", "payouts"])
 def test_cli_out_of_range_dates_are_one_line_and_exit_2(tmp_path: Path, command, args, fragment):
-    result = run_cli(command, *args, "--ledger", f"sqlite:///{tmp_path / 'none.db'}")
+    result = run(command, *args, "--ledger", f"sqlite:///{tmp_path / 'none.db'}")
     assert result.returncode == 2
     assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
 

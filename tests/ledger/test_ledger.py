@@ -28,7 +28,7 @@ from router.ledger import Ledger, open_ledger
 from router.ledger.base import FIELDS, ROLLUP_COLUMNS, UsageRecord
 from router.ledger.schema import SQLITE_MIGRATIONS
 from tests.conftest import backend_entry
-from tests.servers import admin, serve
+from tests.servers import admin
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 D1, D2, D3 = date(2025, 3, 1), date(2025, 3, 2), date(2025, 3, 3)
@@ -382,11 +382,12 @@ async def test_sqlite_migrates_a_first_release_database(tmp_path: Path) -> None:
     versions.close()
 
 
-def test_gateway_with_unawaited_ledger_still_records_every_request(start_sim_backend, tmp_path):
+def test_gateway_with_unawaited_ledger_still_records_every_request(start_sim_backend, start_gateway):
     """FEDROUTER_LEDGER_DURABLE=false: answers do not wait for the commit, records still land."""
     sim = start_sim_backend("nowait")
     config = {"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}
-    with serve(config, ledger=f"sqlite:///{tmp_path / 'l.db'}", ledger_durable=False) as url:
+    with start_gateway(**config, settings={"ledger_durable": False}) as gw:
+        url = gw.url
         key = httpx.post(url + "/admin/v1/keys", headers=admin(), json={"tenant": "acme"}).json()["key"]
         ids = set()
         for stream in (False, True, False):

@@ -28,7 +28,7 @@ import orjson
 import pytest
 
 from router.sim.backend import SimBackend, SimBehavior, start_sim
-from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
+from tests.processes import free_port, run, spawn, wait_ready
 from tests.providers.upstreams import ANSWER, SSE_HEAD, Scripted, Step, chunk_event, json_answer
 from tests.providers.upstreams import MESSAGES as MSG
 
@@ -137,16 +137,15 @@ def gateway(loop_thread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     cfg = folder / "fed.yaml"
     cfg.write_text(_config(scripted, mute, started["good"][1], started["narrow"][1]))
     ledger = f"sqlite:///{folder / 'ledger.db'}"
-    created = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
+    created = run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
     assert created.returncode == 0, created.stderr
-    port = _free_port()
+    port = free_port()
+    admin_key = {"FEDROUTER_ADMIN_KEY": ADMIN_KEY}
     try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("FEDROUTER_ADMIN_KEY", ADMIN_KEY)  # the serve process inherits it
-            with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
-                _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-                key = created.stdout.strip().splitlines()[-1]
-                yield Gateway(f"http://127.0.0.1:{port}", proc.pid, key, scripted, mute, sims)
+        with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger, env=admin_key) as proc:
+            wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+            key = created.stdout.strip().splitlines()[-1]
+            yield Gateway(f"http://127.0.0.1:{port}", proc.pid, key, scripted, mute, sims)
     finally:
         for runner, _ in started.values():
             loop_thread.run(runner.cleanup())

@@ -15,7 +15,7 @@ from router.config import RoutingConfig
 from router.fleet.backend_stats import EjectionPolicy, StatsBook
 from router.state import MemorySpace, MemoryStore
 from router.state.redis import RedisStore
-from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
+from tests.processes import free_port, run, spawn, wait_ready
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ADMIN = "replica-admin-key-0123456789"
@@ -53,21 +53,21 @@ routing: {{exploration: 0.0, retries_per_backend: 0, eject_after_failures: 2, ej
 """)
     ledgers = [f"sqlite:///{tmp_path / f'gw{i}.db'}" for i in (1, 2)]
     keys = [
-        _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", url).stdout.split()[-1]
+        run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", url).stdout.split()[-1]
         for url in ledgers
     ]
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     with (
-        _spawn(
+        spawn(
             "serve", "--config", str(cfg), "--port", str(ports[0]), "--ledger", ledgers[0], "--state", REDIS_URL
         ) as one,
-        _spawn(
+        spawn(
             "serve", "--config", str(cfg), "--port", str(ports[1]), "--ledger", ledgers[1], "--state", REDIS_URL
         ) as two,
     ):
-        _wait_ready(urls[0] + "/healthz", one)
-        _wait_ready(urls[1] + "/healthz", two)
+        wait_ready(urls[0] + "/healthz", one)
+        wait_ready(urls[1] + "/healthz", two)
 
         def ask(i: int) -> httpx.Response:
             return httpx.post(

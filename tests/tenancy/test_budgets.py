@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import subprocess
 import time
 from datetime import UTC, datetime
 
@@ -24,10 +22,10 @@ from router.tenancy.admission.base import DEFAULT_MAX_OUTPUT, Demand, output_bou
 from router.tenancy.admission.memory import LocalAdmission
 from router.tenancy.admission.redis import RedisAdmission
 from router.tenancy.budgets import NANO, Amounts, BudgetExceeded, lines, nano, period_start
-from tests.cli.test_cli import FEDROUTER, _free_port, _run, _stop, _wait_ready
 from tests.conftest import backend_entry
 from tests.openai_schema import validate
-from tests.servers import admin, serve
+from tests.processes import free_port, run, spawn, wait_ready
+from tests.servers import admin
 
 REDIS = "redis://127.0.0.1:6379/0"
 BODY = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 50})
@@ -223,10 +221,11 @@ def key_for():
         "no_max_tokens",
     ],
 )
-def test_every_exit_path_settles_to_the_ledger(start_sim_backend, tmp_path, key_for, path):
+def test_every_exit_path_settles_to_the_ledger(start_sim_backend, start_gateway, key_for, path):
     sim = start_sim_backend("dc1")
     backend = {"timeouts": {"first_token": 0.3, "total": 0.3}} if path == "first_token_timeout" else {}
-    with serve(_config(sim, **backend), ledger=f"sqlite:///{tmp_path / 'gw.db'}") as url:
+    with start_gateway(**_config(sim, **backend)) as gw:
+        url = gw.url
         auth = key_for(url)
         body = orjson.loads(BODY)
         stream = path.startswith("stream")
@@ -268,7 +267,7 @@ def test_every_exit_path_settles_to_the_ledger(start_sim_backend, tmp_path, key_
         assert (state["spent"] > 0) == (path not in unpaid)
 
 
-def test_soft_limit_warns_and_energy_and_carbon_budgets_refuse(start_sim_backend, tmp_path, key_for):
+def test_soft_limit_warns_and_energy_and_carbon_budgets_refuse(start_sim_backend, start_gateway, key_for):
     sim = start_sim_backend("dc1")
     config = _config(sim, hard=1.0, soft=WORST_USD / 2, carbon_intensity=500.0)
     config["tenants"].append(
@@ -280,7 +279,8 @@ def test_soft_limit_warns_and_energy_and_carbon_budgets_refuse(start_sim_backend
             ],
         }
     )
-    with serve(config, ledger=f"sqlite:///{tmp_path / 'gw.db'}") as url:
+    with start_gateway(**config) as gw:
+        url = gw.url
         resp = httpx.post(url + "/v1/chat/completions", headers=key_for(url), content=BODY)
         assert resp.status_code == 200
         assert "total usd budget" in resp.headers["x-fedrouter-budget-warning"]
@@ -292,18 +292,20 @@ def test_soft_limit_warns_and_energy_and_carbon_budgets_refuse(start_sim_backend
         assert "monthly kg_co2e budget" in error["message"] and "tenant 'green'" in error["message"]
 
 
-def test_spend_survives_a_restart(start_sim_backend, tmp_path, key_for):
+def test_spend_survives_a_restart(start_sim_backend, start_gateway, tmp_path, key_for):
     sim = start_sim_backend("dc1")
     ledger = f"sqlite:///{tmp_path / 'gw.db'}"
     config = _config(sim, hard=WORST_USD * 3.5)
-    with serve(config, ledger=ledger) as url:
+    with start_gateway(**config, settings={"ledger": ledger}) as gw:
+        url = gw.url
         auth = key_for(url)
         for _ in range(3):
             assert httpx.post(url + "/v1/chat/completions", headers=auth, content=BODY).status_code == 200
         spent = _settled(url)["spent"]
     assert spent == pytest.approx(3 * (4 * DEAR["input"] + 50 * DEAR["output"]) / 1e6, rel=0.3)
     config["tenants"][0]["budgets"][0]["hard"] = spent + WORST_USD * 0.9  # less than one worst case left
-    with serve(config, ledger=ledger) as url:
+    with start_gateway(**config, settings={"ledger": ledger}) as gw:
+        url = gw.url
         assert _budget_state(url)["spent"] == pytest.approx(spent, abs=3e-9)  # ledger sum, rounded up
         refused = httpx.post(url + "/v1/chat/completions", headers=auth, content=BODY)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
@@ -346,24 +348,21 @@ def _storms(urls: list[str], auth: dict[str, str], hard: float) -> list[int]:
     return served
 
 
-def test_200_concurrent_requests_never_overshoot_in_process(start_sim_backend, tmp_path, key_for):
+def test_200_concurrent_requests_never_overshoot_in_process(start_sim_backend, start_gateway, key_for):
     dear, cheap = start_sim_backend("dear", ttft_s=0.05), start_sim_backend("cheap", ttft_s=0.05)
     hard = WORST_USD * 10 * (1 + 1e-9)  # 10 worst cases, each rounded up to the next 1e-9 USD
-    with serve(_config(dear, cheap, hard=hard), ledger=f"sqlite:///{tmp_path / 'gw.db'}") as url:
+    with start_gateway(**_config(dear, cheap, hard=hard)) as gw:
+        url = gw.url
         _storms([url], key_for(url), hard)
 
 
 @contextlib.contextmanager
 def _gateway_process(cfg: str, ledger: str, prefix: str):
-    port = _free_port()
-    env = {**os.environ, "FEDROUTER_ADMIN_KEY": admin()["authorization"].split()[1], "FEDROUTER_STATE_PREFIX": prefix}
-    args = [*FEDROUTER, "serve", "--config", cfg, "--port", str(port), "--ledger", ledger, "--state", REDIS]
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
-        try:
-            _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            _stop(proc)
+    port = free_port()
+    env = {"FEDROUTER_ADMIN_KEY": admin()["authorization"].split()[1], "FEDROUTER_STATE_PREFIX": prefix}
+    with spawn("serve", "--config", cfg, "--port", str(port), "--ledger", ledger, "--state", REDIS, env=env) as proc:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_200_concurrent_requests_across_two_gateways_on_one_redis(start_sim_backend, tmp_path):
@@ -372,7 +371,7 @@ def test_200_concurrent_requests_across_two_gateways_on_one_redis(start_sim_back
     cfg = tmp_path / "fed.yaml"
     cfg.write_text(orjson.dumps(_config(dear, cheap, hard=hard)).decode())  # JSON is YAML
     ledger = f"sqlite:///{tmp_path / 'shared.db'}"
-    created = _run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
+    created = run("keys", "create", "--tenant", "acme", "--config", str(cfg), "--ledger", ledger)
     assert created.returncode == 0, created.stderr
     auth = {"authorization": f"Bearer {created.stdout.split()[-1]}"}
     prefix = f"fedrouter-test:{secrets.token_hex(6)}:"

@@ -11,7 +11,7 @@ import pytest
 from router.cli import main
 from tests.conftest import backend_entry
 from tests.openai_schema import validate
-from tests.servers import admin, serve
+from tests.servers import admin
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -43,11 +43,11 @@ def _error(resp, status, code):
 
 
 @pytest.fixture
-def gateway(start_sim_backend, tmp_path):
+def gateway(start_sim_backend, start_gateway):
     sim = start_sim_backend("dc1", models=["m1", "m2"])
     # A long key cache: revocation in this process must not wait for it.
-    with serve(_config(sim), ledger=f"sqlite:///{tmp_path / 'gw.db'}", key_cache_s=300) as url:
-        yield url
+    with start_gateway(**_config(sim), settings={"key_cache_s": 300}, keys=()) as gw:
+        yield gw.url
 
 
 def test_key_is_shown_once_listed_without_secret_and_revoked_at_once(gateway):
@@ -189,11 +189,16 @@ def test_tenants_created_changed_and_deleted_through_the_api(gateway):
     assert names == ["acme"]
 
 
-def test_workers_without_shared_state_refuse_limits_and_budgets(start_sim_backend, tmp_path):
+def test_workers_without_shared_state_refuse_limits_and_budgets(start_sim_backend, start_gateway):
     """One of several processes without --state (FEDROUTER_WORKERS > 1): a limit or budget set
     through the API would hold in this process only, so the API refuses it and writes nothing."""
     sim = start_sim_backend("dc1", models=["m1", "m2"])
-    with serve(_config(sim, [{"name": "acme"}]), ledger=f"sqlite:///{tmp_path / 'gw.db'}", workers=2) as url:
+    with start_gateway(
+        **_config(sim, [{"name": "acme"}]),
+        settings={"workers": 2},
+        keys=(),
+    ) as gw:
+        url = gw.url
         before = httpx.get(url + "/admin/v1/tenants", headers=admin()).json()
         for spec in (
             {"name": "newco", "limits": {"requests_per_minute": 30}},
@@ -226,13 +231,16 @@ def test_workers_without_shared_state_refuse_limits_and_budgets(start_sim_backen
         assert _chat(url, key).status_code == 200
 
     # The same, with shared state: allowed.
-    with serve(
-        _config(sim, [{"name": "acme"}]),
-        ledger=f"sqlite:///{tmp_path / 'gw2.db'}",
-        workers=2,
-        state="redis://127.0.0.1:6379/0",
-        state_prefix=f"fedrouter-test:{time.time_ns()}:",
-    ) as url:
+    with start_gateway(
+        **_config(sim, [{"name": "acme"}]),
+        settings={
+            "workers": 2,
+            "state": "redis://127.0.0.1:6379/0",
+            "state_prefix": f"fedrouter-test:{time.time_ns()}:",
+        },
+        keys=(),
+    ) as gw:
+        url = gw.url
         resp = httpx.post(
             url + "/admin/v1/tenants", headers=admin(), json={"name": "newco", "limits": {"requests_per_minute": 30}}
         )
@@ -271,19 +279,24 @@ def test_bad_tenant_input_is_refused_and_nothing_is_written(gateway, change, par
     assert httpx.get(gateway + "/admin/v1/tenants", headers=admin()).json() == before
 
 
-def test_config_tenants_win_and_api_tenants_survive_restarts(start_sim_backend, tmp_path):
+def test_config_tenants_win_and_api_tenants_survive_restarts(start_sim_backend, start_gateway, tmp_path):
     sim = start_sim_backend("dc1", models=["m1", "m2"])
     ledger = f"sqlite:///{tmp_path / 'gw.db'}"
-    with serve(_config(sim), ledger=ledger) as url:
+    with start_gateway(**_config(sim), settings={"ledger": ledger}, keys=()) as gw:
+        url = gw.url
         assert httpx.post(url + "/admin/v1/tenants", headers=admin(), json={"name": "newco"}).status_code == 200
         key = httpx.post(url + "/admin/v1/keys", headers=admin(), json={"tenant": "newco"}).json()["key"]
     tenants = [{"name": "acme", "limits": {"requests_per_minute": 7}}]
-    with serve(_config(sim, tenants), ledger=ledger) as url:
+    with start_gateway(**_config(sim, tenants), settings={"ledger": ledger}, keys=()) as gw:
+        url = gw.url
         listed = {t["name"]: t for t in httpx.get(url + "/admin/v1/tenants", headers=admin()).json()["data"]}
         assert listed["acme"]["limits"] == {"requests_per_minute": 7} and listed["acme"]["source"] == "config"
         assert listed["newco"]["source"] == "api"
         assert _chat(url, key).status_code == 200
-    with serve(_config(sim, [{"name": "newco", "limits": {"requests_per_minute": 3}}]), ledger=ledger) as url:
+    with start_gateway(
+        **_config(sim, [{"name": "newco", "limits": {"requests_per_minute": 3}}]), settings={"ledger": ledger}, keys=()
+    ) as gw:
+        url = gw.url
         listed = {t["name"]: t for t in httpx.get(url + "/admin/v1/tenants", headers=admin()).json()["data"]}
         assert set(listed) == {"newco"}  # acme left the config; newco is now the config's
         assert listed["newco"]["source"] == "config" and listed["newco"]["limits"] == {"requests_per_minute": 3}
