@@ -137,6 +137,10 @@ class SQLiteLedger(BatchingWriter):
         has: so when it has grown long, the writer runs a last one between two commits, which
         finds little left to copy."""
         while not self._stopping.wait(self._checkpoint_every_s):
+            if self._wal_restart.is_set():
+                # The writer's own last checkpoint is due: one running here at the same time
+                # would make it busy, and the WAL would never start over.
+                continue
             try:
                 _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error:
