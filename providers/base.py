@@ -13,7 +13,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 BackendClass = Literal["datacenter", "volunteer", "sovereign"]
 Endpoint = Literal["chat/completions", "completions", "embeddings"]
-FailureKind = Literal["connect", "timeout", "status", "protocol"]
+# "local": the gateway's own shortage (no file descriptor, every allowed connection in use), which
+# says nothing of the backend and is never counted against it.
+FailureKind = Literal["connect", "timeout", "status", "protocol", "local"]
 # 4xx statuses that say nothing of the request: another backend may well serve it.
 _BACKENDS_FAULT = frozenset({401, 403, 404, 408, 409, 429})
 
@@ -30,6 +32,32 @@ class BackendInfo:
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # public model -> USD per 1M in/out
     joules_per_token: float | None = None  # declared; measurement replaces it
     max_concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long one attempt at a backend may take, in seconds: to connect, to its first event (a
+    stream's) or its headers, between two events, and in all. The defaults live here only: the
+    config's ``timeouts`` block and every provider take theirs from this."""
+
+    connect: float = 5.0
+    first_token: float = 60.0
+    idle: float = 60.0
+    total: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one backend's answers may make the gateway hold: an untrusted node controls every byte
+    it sends, so sizes and counts are bounded as well as time. Defaults live here only."""
+
+    max_response_bytes: int = 16 << 20  # a whole answer, after decompression
+    max_event_bytes: int = 1 << 20  # one server-sent event of a stream (so also one line)
+    max_connections: int = 256  # open to this backend at once; beyond, requests wait for one
+
+
+DEFAULT_TIMEOUTS = Timeouts()  # frozen: the defaults' one home, shared
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(slots=True)  # not frozen: built on every attempt, and a frozen __init__ costs several times as much

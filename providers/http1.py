@@ -10,25 +10,36 @@ that and no more: one origin per pool, requests pipelined never, bodies as bytes
 from __future__ import annotations
 
 import asyncio
+import errno
+import select
 import ssl
 import time
 import zlib
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import httptools
-
-from providers.flow_control import FlowControl
+from providers.base import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, Limits, Timeouts
+from providers.http1_connection import Connection, HttpError
 from providers.ticker import Ticker
 
-_HIGH_WATER = 1 << 20  # buffered body bytes at which the socket stops being read
-_LOW_WATER = 1 << 18
+__all__ = ["HttpError", "LocalError", "Origin", "Pool", "Response", "TooLarge"]
+
+# An idle connection is dropped before common servers drop theirs (uvicorn, so vLLM: 5 s): a
+# request written as the server closes is that attempt's failure, never re-sent, so that race is
+# best not run at all.
+_KEEPALIVE_S = 4.0
+_INFLATE_STEP = 64 * 1024  # decompressed bytes per step: a bomb is inflated a slice at a time
+# The machine's own shortage, not the backend's: out of file descriptors or socket buffers.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-class HttpError(Exception):
-    """The exchange failed below HTTP: no connection, a reset, or an answer that is not HTTP."""
+class TooLarge(HttpError):
+    """The answer is larger than the gateway holds for one answer (``max_response_bytes``)."""
+
+
+class LocalError(Exception):
+    """The gateway itself is short (file descriptors, its cap on connections to this backend):
+    nothing the backend did, so never counted against it."""
 
 
 class Origin:
@@ -47,189 +58,18 @@ class Origin:
         self.path = parts.path.rstrip("/")
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; it carries one exchange at a time."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, gone: Callable[[_Connection], None], ticker: Ticker) -> None:
-        self.loop = loop
-        self.gone = gone  # tells the pool this connection is closed
-        self.ticker = ticker  # times the waits: one timer for every connection, not one per wait
-        self.when = 0.0  # when the wait in progress times out, on the loop's clock
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[None] | None = None
-        self.flow = FlowControl(loop)
-        self.chunks: deque[bytes] = deque()
-        self.buffered = 0
-        self.paused = False
-        self.header_list: list[tuple[bytes, bytes]] = []
-        self.status = 0
-        self.headers_done = False
-        self.interim = False
-        self.complete = False
-        self.keep_alive = False
-        self.error: Exception | None = None
-        self.lost = False
-        self.received = False
-        self.idle_since = 0.0
-
-    def reset(self) -> None:
-        self.chunks.clear()
-        self.buffered = 0
-        self.header_list = []
-        self.status = 0
-        self.headers_done = self.complete = self.received = self.interim = False
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a TCP connection's transport is a Transport
-
-    def data_received(self, data: bytes) -> None:
-        self.received = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.fail(HttpError(f"the backend's answer is not valid HTTP/1.1: {exc}"))
-            self.close()
-
-    def eof_received(self) -> None:
-        return None  # close: a half-closed connection carries no further exchange
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.gone(self)
-        if not self.complete:
-            if self.headers_done and exc is None and self._ends_at_close():
-                # A body without length or chunking ends with the connection, closed cleanly:
-                # a reset (exc) cuts it short.
-                self.complete = True
-            elif self.error is None:
-                self.error = HttpError(f"connection closed by the backend{f': {exc}' if exc else ''}")
-        self._wake()
-        self.flow.connection_lost()
-
-    def pause_writing(self) -> None:
-        self.flow.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.flow.resume_writing()
-
-    # httptools callbacks
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_list.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if 100 <= status < 200:
-            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
-            self.interim = True
-            self.header_list = []
-            return
-        self.status = status
-        self.keep_alive = self.parser.should_keep_alive()
-        self.headers_done = True
-        self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-        self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-            return
-        self.complete = True
-        self._wake()
-
-    # for the pool and the response
-
-    def fail(self, exc: Exception) -> None:
-        if self.error is None:
-            self.error = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def _ends_at_close(self) -> bool:
-        names = {name.lower() for name, _ in self.header_list}
-        return b"content-length" not in names and b"transfer-encoding" not in names
-
-    async def wait(self, within: float | None) -> None:
-        """Until the next event on this connection (headers, body bytes, the end, an error)."""
-        fut = self.waiter = self.loop.create_future()
-        if within is not None:
-            self.when = self.loop.time() + within
-            self.ticker.arm(self)
-        try:
-            await fut
-        finally:
-            self.waiter = None
-            if within is not None:
-                self.ticker.disarm(self)
-
-    def expire(self) -> None:
-        """The wait in progress has lasted its ``within``."""
-        if self.waiter is not None:
-            _expire(self.waiter)
-
-    def take(self) -> bytes:
-        chunk = self.chunks.popleft()
-        self.buffered -= len(chunk)
-        if self.paused and self.buffered < _LOW_WATER and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
-        return chunk
-
-    async def send(self, data: bytes, body: bytes, within: float | None) -> None:
-        """Write the request; a backend that stops reading it fails the wait after ``within`` s."""
-        assert self.transport is not None
-        if len(body) < 65536:
-            self.transport.write(data + body)
-        else:
-            self.transport.writelines((data, body))
-        await self.flow.drain(within)
-
-    def usable(self, now: float, keepalive_s: float) -> bool:
-        return (
-            not self.lost
-            and self.transport is not None
-            and not self.transport.is_closing()
-            and now - self.idle_since < keepalive_s
-        )
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _expire(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
 class Response:
     """An answer whose headers have arrived; its body is read with ``read`` or ``readany``.
     ``release`` hands the connection back for reuse once the body has been read to its end."""
 
-    def __init__(self, pool: Pool, conn: _Connection) -> None:
+    def __init__(self, pool: Pool, conn: Connection) -> None:
         self._pool = pool
-        self._conn: _Connection | None = conn
+        self._conn: Connection | None = conn
         self.status = conn.status
-        self.headers: dict[str, str] = {}
-        for name, value in conn.header_list:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        self.headers = _joined(conn.header_list)
         encoding = self.headers.get("content-encoding", "identity").strip().lower()
         self._decoder: Any = None
+        self._tail = b""  # compressed input not yet inflated (one step yields at most _INFLATE_STEP)
         if encoding in ("gzip", "x-gzip"):
             self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif encoding == "deflate":
@@ -237,44 +77,70 @@ class Response:
         elif encoding != "identity":
             self.close()
             raise HttpError(f"the backend answered with an unsupported content-encoding {encoding!r}")
+        if self._decoder is not None and not pool.accepts(encoding):
+            self.close()
+            raise HttpError(f"the backend answered with a content-encoding it was not asked for: {encoding!r}")
 
     @property
     def closed(self) -> bool:
         return self._conn is None
 
     async def readany(self, within: float | None = None) -> bytes:
-        """The body bytes that have arrived (waiting up to ``within`` s for some); b"" at its end."""
+        """The body bytes that have arrived (waiting up to ``within`` s for some); b"" at its end.
+        A compressed body comes out in slices of at most 64 KB, however much one read inflates to."""
         conn = self._conn
         if conn is None:
             return b""
         while True:
-            if conn.chunks:
+            if self._tail:
+                await asyncio.sleep(0)  # inflating is CPU work: others run between two slices
+                if chunk := self._inflate(b""):
+                    return chunk
+            elif conn.chunks:
                 chunk = conn.take()
-                if self._decoder is not None:
-                    chunk = self._decode(chunk)
-                    if not chunk:
-                        continue
-                return chunk
-            if conn.complete:
-                return self._decode(None) if self._decoder is not None else b""
-            if conn.error is not None:
+                if self._decoder is None:
+                    return chunk
+                if chunk := self._inflate(chunk):
+                    return chunk
+            elif conn.complete:
+                return self._flush() if self._decoder is not None else b""
+            elif conn.error is not None:
                 raise conn.error
-            await conn.wait(within)
+            else:
+                await conn.wait(within)
 
-    def _decode(self, chunk: bytes | None) -> bytes:
-        """Decompressed body bytes (None: the end of the body)."""
+    def _inflate(self, chunk: bytes) -> bytes:
         try:
-            return self._decoder.decompress(chunk) if chunk is not None else self._decoder.flush()  # type: ignore[no-any-return]  # zlib's decompressobj: bytes
+            out: bytes = self._decoder.decompress(self._tail + chunk if self._tail else chunk, _INFLATE_STEP)
+        except zlib.error as exc:
+            self.close()
+            raise HttpError(f"the backend's compressed body is corrupt: {exc}") from None
+        self._tail = self._decoder.unconsumed_tail
+        return out
+
+    def _flush(self) -> bytes:
+        try:
+            return self._decoder.flush()  # type: ignore[no-any-return]
         except zlib.error as exc:
             self.close()
             raise HttpError(f"the backend's compressed body is corrupt: {exc}") from None
 
-    async def read(self, within: float | None = None) -> bytes:
-        """The whole body, within ``within`` s in all: a body that trickles in is no exception."""
+    async def read(self, within: float | None = None, limit: int | None = None) -> bytes:
+        """The whole body, within ``within`` s in all (a body that trickles in is no exception) and
+        of at most ``limit`` bytes, decompressed (the backend's ``max_response_bytes`` if None)."""
         loop_time = asyncio.get_running_loop().time
         end = None if within is None else loop_time() + within
+        limit = self._pool.limits.max_response_bytes if limit is None else limit
         parts = []
+        size = 0
         while chunk := await self.readany(None if end is None else max(0.0, end - loop_time())):
+            size += len(chunk)
+            if size > limit:
+                self.close()
+                raise TooLarge(f"the backend's answer is larger than {limit} bytes")
+            if end is not None and loop_time() >= end:  # bytes kept coming, each in time: still late
+                self.close()
+                raise TimeoutError
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -283,7 +149,7 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if conn.complete and conn.keep_alive and conn.error is None and not conn.chunks:
+        if conn.complete and conn.keep_alive and conn.error is None and not conn.chunks and not conn.stray:
             self._pool.put(conn)
         else:
             conn.close()
@@ -294,28 +160,65 @@ class Response:
             conn.close()
 
 
+def _joined(header_list: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Headers by lower-case name; a repeated one's values joined once, with commas."""
+    seen: dict[str, list[str]] = {}
+    for name, value in header_list:
+        seen.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return {name: values[0] if len(values) == 1 else ", ".join(values) for name, values in seen.items()}
+
+
+def _accepted(headers: dict[str, str]) -> frozenset[str] | None:
+    """The content-codings a request's accept-encoding asks for; None: no header, so any."""
+    for name, value in headers.items():
+        if name.lower() == "accept-encoding":
+            codings = {part.split(";")[0].strip().lower() for part in value.split(",")}
+            return frozenset(codings | ({"x-gzip"} if "gzip" in codings else set()))
+    return None
+
+
+def _quiet(conn: Connection) -> bool:
+    """Nothing waits to be read on an idle connection: neither its close nor stray bytes. The
+    loop may not have run their callbacks yet; the kernel knows already."""
+    sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return not poller.poll(0)
+
+
 class Pool:
-    """Keep-alive connections to one origin, most recently used first."""
+    """Keep-alive connections to one origin, most recently used first, at most
+    ``limits.max_connections`` open at once."""
 
     def __init__(
         self,
         base_url: str,
         headers: dict[str, str],
         *,
-        connect_timeout: float = 5.0,
-        keepalive_s: float = 30.0,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        limits: Limits = DEFAULT_LIMITS,
+        keepalive_s: float = _KEEPALIVE_S,
         max_idle: int = 512,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.origin = Origin(base_url)
+        self.limits = limits
         self._ticker = Ticker()  # the read timeouts of every connection of this pool
         self._ssl = (ssl_context or ssl.create_default_context()) if self.origin.tls else None
         self._static = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._connect_timeout = connect_timeout
+        self._accepted = _accepted(headers)
+        self._connect_timeout = timeouts.connect
         self._keepalive_s = keepalive_s
         self._max_idle = max_idle
-        self._idle: list[_Connection] = []
-        self._open: set[_Connection] = set()
+        self._idle: list[Connection] = []
+        self._open: set[Connection] = set()
+        self._connecting = 0
+        self._room: asyncio.Future[None] | None = None  # set when a connection frees or closes
+
+    def accepts(self, encoding: str) -> bool:
+        return self._accepted is None or encoding in self._accepted
 
     def head(self, path: str, headers: dict[str, str] | None = None) -> bytes:
         """The request line and headers up to Content-Length, built once per kind of request."""
@@ -326,20 +229,21 @@ class Pool:
         ).encode("latin-1")
 
     async def post(self, head: bytes, body: bytes, within: float | None) -> Response:
-        """Send one request (``head`` from ``head()``) and wait up to ``within`` s for its headers."""
-        data = head + str(len(body)).encode() + b"\r\n\r\n"
-        conn = self._reuse()
-        if conn is not None:
-            try:
-                return await self._exchange(conn, data, body, within)
-            except HttpError:
-                # A kept-alive connection the backend had already closed: nothing of this request
-                # was read, so it is sent once more on a new connection (what browsers do).
-                if conn.received:
-                    raise
-        return await self._exchange(await self._connect(), data, body, within)
+        """Send one request (``head`` from ``head()``) and wait up to ``within`` s for its headers.
 
-    async def _exchange(self, conn: _Connection, data: bytes, body: bytes, within: float | None) -> Response:
+        A generation is not idempotent: the request is sent again (on a new connection) only if
+        not a byte of it can have left. Once written, a connection that closes without answering
+        fails this attempt, and dispatch decides what comes next."""
+        data = head + str(len(body)).encode() + b"\r\n\r\n"
+        conn = await self._take()
+        try:
+            return await self._exchange(conn, data, body, within)
+        except HttpError:
+            if conn.sent:
+                raise
+        return await self._exchange(await self._take(), data, body, within)
+
+    async def _exchange(self, conn: Connection, data: bytes, body: bytes, within: float | None) -> Response:
         conn.reset()
         try:
             deadline = None if within is None else time.monotonic() + within
@@ -353,22 +257,54 @@ class Pool:
             raise
         return Response(self, conn)
 
-    def _reuse(self) -> _Connection | None:
+    async def _take(self) -> Connection:
+        """An idle connection, or a new one once there is room under ``max_connections``; waiting
+        for room lasts at most the connect timeout, then fails as the gateway's own overload."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self._connect_timeout
+        while True:
+            if (conn := self._reuse()) is not None:
+                return conn
+            if len(self._open) + self._connecting < self.limits.max_connections:
+                return await self._connect()
+            if self._room is None:
+                self._room = loop.create_future()
+            try:
+                async with asyncio.timeout_at(end):
+                    await asyncio.shield(self._room)
+            except TimeoutError:
+                raise LocalError(
+                    f"all {self.limits.max_connections} connections to {self.origin.authority} are in use "
+                    "(max_connections)"
+                ) from None
+
+    def _freed(self) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    def _gone(self, conn: Connection) -> None:
+        self._open.discard(conn)
+        self._freed()
+
+    def _reuse(self) -> Connection | None:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.usable(now, self._keepalive_s):
+            if conn.usable(now, self._keepalive_s) and _quiet(conn):
                 return conn
             conn.close()
+            self._open.discard(conn)
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         origin = self.origin
+        self._connecting += 1
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop, self._open.discard, self._ticker),
+                    lambda: Connection(loop, self._gone, self._ticker),
                     origin.host,
                     origin.port,
                     ssl=self._ssl,
@@ -377,16 +313,22 @@ class Pool:
         except TimeoutError:
             raise HttpError(f"could not connect to {origin.authority} within {self._connect_timeout:g} s") from None
         except (OSError, ssl.SSLError) as exc:
+            if not isinstance(exc, ssl.SSLError) and exc.errno in _LOCAL_ERRNOS:
+                raise LocalError(f"could not open a connection to {origin.authority}: {exc}") from None
             raise HttpError(f"could not connect to {origin.authority}: {exc}") from None
+        finally:
+            self._connecting -= 1
+            self._freed()
         self._open.add(conn)
         return conn
 
-    def put(self, conn: _Connection) -> None:
+    def put(self, conn: Connection) -> None:
         if len(self._idle) >= self._max_idle:
             conn.close()
             return
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
+        self._freed()
 
     async def close(self) -> None:
         for conn in list(self._open):

@@ -21,7 +21,16 @@ import aiohttp
 import httpx
 import orjson
 
-from providers.base import BackendInfo, ProviderError, UpstreamRequest, UpstreamResponse
+from providers.base import (
+    DEFAULT_LIMITS,
+    DEFAULT_TIMEOUTS,
+    BackendInfo,
+    Limits,
+    ProviderError,
+    Timeouts,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 Json = dict[str, Any]
 
@@ -90,11 +99,13 @@ class LiteLLMProvider:
         base_url: str | None = None,
         api_key: str | None = None,
         *,
-        connect_timeout: float = 5.0,
-        first_token_timeout: float = 60.0,
-        idle_timeout: float = 60.0,
-        total_timeout: float = 600.0,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        # ``limits`` bound the gateway's own HTTP client (providers.http1); litellm reads answers
+        # with its own (httpx, aiohttp), which this adapter cannot bound, so only the time limits
+        # apply to a litellm backend.
+        del limits
         self.info = info
         self._llm = _import_litellm()
         # No base_url or key: litellm uses the provider's public endpoint and its usual env variable.
@@ -108,12 +119,12 @@ class LiteLLMProvider:
         # litellm honours a separate connect timeout on some chat routes (OpenAI, Azure, Bedrock) and
         # reduces it to the total on the others; its embedding routes take a number only.
         self._timeouts = {
-            "chat_completion": httpx.Timeout(total_timeout, connect=connect_timeout),
-            "embeddings": total_timeout,
+            "chat_completion": httpx.Timeout(timeouts.total, connect=timeouts.connect),
+            "embeddings": timeouts.total,
         }
-        self._first_token = first_token_timeout
-        self._idle = idle_timeout
-        self._total = total_timeout
+        self._first_token = timeouts.first_token
+        self._idle = timeouts.idle
+        self._total = timeouts.total
 
     async def complete(self, request: UpstreamRequest) -> UpstreamResponse:
         if request.endpoint == "embeddings":

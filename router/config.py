@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from policies.base import Capability, PolicySpec
 from policies.presets import PRESETS
+from providers import base as provider_base
 from providers.base import BackendClass
 from router.carbon import CarbonTable, UnknownZone
 
@@ -54,11 +55,17 @@ class Hardware(_Strict):
     watts: float = Field(gt=0)  # board power of one accelerator
 
 
+_TIMEOUTS, _LIMITS = provider_base.DEFAULT_TIMEOUTS, provider_base.DEFAULT_LIMITS  # their one home
+
+
 class Timeouts(_Strict):
-    connect: float = Field(default=5.0, gt=0)
-    first_token: float = Field(default=60.0, gt=0)
-    idle: float = Field(default=60.0, gt=0)
-    total: float = Field(default=600.0, gt=0)
+    connect: float = Field(default=_TIMEOUTS.connect, gt=0)
+    first_token: float = Field(default=_TIMEOUTS.first_token, gt=0)
+    idle: float = Field(default=_TIMEOUTS.idle, gt=0)
+    total: float = Field(default=_TIMEOUTS.total, gt=0)
+
+    def value(self) -> provider_base.Timeouts:  # the plain value every provider takes
+        return provider_base.Timeouts(self.connect, self.first_token, self.idle, self.total)
 
 
 class _BackendBase(_Strict):
@@ -99,6 +106,10 @@ class _BackendBase(_Strict):
             raise ValueError("base_url must be an http:// or https:// URL")
         return v.rstrip("/") if v else v
 
+    def limits(self) -> provider_base.Limits:
+        """What its answers may make the gateway hold; the defaults where the type sets none."""
+        return _LIMITS
+
     def model_map(self) -> dict[str, str]:
         """Public model name -> the name the backend knows it by."""
         if isinstance(self.models, dict):
@@ -119,6 +130,13 @@ class OpenAIBackendConfig(_BackendBase):
     type: Literal["openai"]
     #: Ask the upstream for a usage chunk on every stream, so that billing never relies on counting.
     stream_usage: bool = True
+    # What an answer may make the gateway's own client hold (see providers.base.Limits).
+    max_response_bytes: int = Field(default=_LIMITS.max_response_bytes, ge=1024)
+    max_event_bytes: int = Field(default=_LIMITS.max_event_bytes, ge=1024)
+    max_connections: int = Field(default=_LIMITS.max_connections, gt=0)
+
+    def limits(self) -> provider_base.Limits:
+        return provider_base.Limits(self.max_response_bytes, self.max_event_bytes, self.max_connections)
 
     @model_validator(mode="after")
     def _needs_url(self) -> OpenAIBackendConfig:

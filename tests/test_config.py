@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from providers.base import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, Limits, Timeouts
 from router.config import ConfigError, load_config, parse_config
 from router.fleet.pricing import PriceMap
 from router.fleet.wiring import backend_info, unpriced
@@ -73,6 +74,22 @@ def test_model_mapping_and_defaults():
     assert backend.model_map() == {"public": "upstream/name"}
     assert backend.timeouts.first_token == 60.0
     assert config.limits.max_body_bytes == 10 * 1024 * 1024
+
+
+def test_a_backends_timeouts_and_limits_reach_its_provider_whole():
+    """One home for each default (providers.base); the config passes the values as they are."""
+    default = parse_config({"backends": [_backend()]}).backends[0]
+    assert (default.timeouts.value(), default.limits()) == (DEFAULT_TIMEOUTS, DEFAULT_LIMITS)
+    tuned = parse_config(
+        {"backends": [_backend(timeouts={"idle": 2}, max_response_bytes=4096, max_event_bytes=2048, max_connections=8)]}
+    ).backends[0]
+    assert tuned.timeouts.value() == Timeouts(idle=2.0)
+    assert tuned.limits() == Limits(max_response_bytes=4096, max_event_bytes=2048, max_connections=8)
+    with pytest.raises(ConfigError, match=r"backends\[eu-1\]\.max_connections"):
+        parse_config({"backends": [_backend(max_connections=0)]})
+    # litellm reads answers with its own client, which these limits cannot bound: not accepted there.
+    with pytest.raises(ConfigError, match=r"unknown key 'max_connections'"):
+        parse_config({"backends": [_backend(type="litellm", max_connections=8)]})
 
 
 def test_examples_load(monkeypatch):

@@ -47,16 +47,13 @@ def unpriced(infos: Iterable[BackendInfo]) -> list[str]:
 def build_providers(config: FederationConfig, prices: PriceMap) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
     for cfg in config.backends:
-        t = cfg.timeouts
         providers[cfg.name] = registry.build(
             cfg.type,
             backend_info(cfg, prices),
             cfg.base_url,
             cfg.resolved_api_key(),
-            connect_timeout=t.connect,
-            first_token_timeout=t.first_token,
-            idle_timeout=t.idle,
-            total_timeout=t.total,
+            timeouts=cfg.timeouts.value(),
+            limits=cfg.limits(),
         )
     return providers
 

@@ -303,9 +303,9 @@ class Dispatcher:
             attempts.errors.append(exc.message)
             attempts.failed.append((scored, number, exc.kind if exc.retryable else "rejected"))
             self._metrics.attempt(name, exc.kind if exc.retryable else "rejected")
-            if exc.retryable:
+            if exc.retryable and exc.kind != "local":
                 await self._stats.failure(name, model, probe=probe)
-            else:  # the request's own fault says nothing of the backend
+            else:  # the request's own fault, or the gateway's own shortage, says nothing of the backend
                 self._stats.released(name, model, probe=probe)
             raise
         except BaseException:  # cancelled: a hedge lost, the deadline passed or the client left

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gzip
 import os
+import resource
 import socket
 import ssl
 import subprocess
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from providers.http1 import HttpError, Pool
+from providers.base import Limits, Timeouts
+from providers.http1 import HttpError, LocalError, Pool, TooLarge
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -373,7 +375,10 @@ async def test_kept_alive_connection_closed_by_the_server_is_replaced(serve: Ser
 
 
 @pytest.mark.asyncio
-async def test_request_dropped_by_a_kept_alive_connection_is_sent_once_more(serve: Serve) -> None:
+async def test_request_dropped_by_a_kept_alive_connection_is_not_sent_again(serve: Serve) -> None:
+    """The backend read the request, then closed without a byte of answer: it may have begun a
+    generation (and been paid for it), so the request is that attempt's failure, never re-sent."""
+
     async def handler(peer: Peer) -> None:
         await peer.request()
         await peer.send(answer(b'{"conn":%d}' % peer.index))
@@ -386,11 +391,13 @@ async def test_request_dropped_by_a_kept_alive_connection_is_sent_once_more(serv
     resp = await pool.post(head, b"first", 1.0)
     assert await resp.read(1.0) == b'{"conn":0}'
     resp.release()
-    resp = await pool.post(head, b"second", 1.0)
+    with pytest.raises(HttpError, match="closed by the backend"):
+        await pool.post(head, b"second", 1.0)
+    await asyncio.sleep(0.05)
+    assert [(index, body) for index, _, body in wire.requests] == [(0, b"first"), (0, b"second")]
+    resp = await pool.post(head, b"third", 1.0)  # the next request gets a new connection
     assert await resp.read(1.0) == b'{"conn":1}'
     resp.release()
-    assert len(wire.peers) == 2
-    assert [(index, body) for index, _, body in wire.requests] == [(0, b"first"), (0, b"second"), (1, b"second")]
 
 
 @pytest.mark.asyncio
@@ -755,3 +762,157 @@ async def test_connection_refused_names_the_address() -> None:
                 await pool.post(pool.head("chat/completions"), BODY, 1.0)
         finally:
             await pool.close()
+
+
+# -- what an untrusted backend can make the client hold ----------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        (b"HTTP/1.1 200 OK\r\n" + b"x-flood: y\r\n" * 102, "over 100 headers"),
+        (b"HTTP/1.1 200 OK\r\nx-flood: " + b"y" * 70_000 + b"\r\ncontent-length: 2\r\n\r\n{}", "64 KB"),
+        (b"HTTP/1.1 200 OK\r\nx-endless: " + b"y" * 200_000, "head over 64 KB"),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" * 5000, "head over 64 KB"),
+    ],
+    ids=["count", "bytes", "endless", "interim"],
+)
+async def test_an_answer_head_is_bounded(serve: Serve, head: bytes, why: str) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(head)
+        await asyncio.sleep(2)  # the head never ends
+
+    wire = await serve(handler)
+    pool = wire.pool()
+    started = time.monotonic()
+    with pytest.raises(HttpError, match=why):
+        await pool.post(pool.head("chat/completions"), BODY, 1.5)
+    assert time.monotonic() - started < 1.0  # refused as it came, not at the deadline
+    assert await wire.peers[0].closed_by_client()
+
+
+@pytest.mark.asyncio
+async def test_repeated_headers_are_joined(serve: Serve) -> None:
+    wire = await serve(answer_each(answer(b"{}", *[b"x-many: %d" % i for i in range(90)])))
+    pool = wire.pool()
+    resp = await pool.post(pool.head("chat/completions"), BODY, 1.0)
+    assert resp.headers["x-many"] == ", ".join(str(i) for i in range(90))
+    resp.release()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("later", [False, True], ids=["same-write", "while-idle"])
+async def test_bytes_after_an_answer_make_its_connection_unusable(serve: Serve, later: bool) -> None:
+    """Stray bytes are never read as the next request's answer: that connection is dropped."""
+    stray = answer(b'{"stray":true}')
+
+    async def handler(peer: Peer) -> None:
+        while await peer.request() is not None:
+            if later:
+                await peer.send(answer(b'{"conn":%d}' % peer.index))
+                await asyncio.sleep(0.05)
+                await peer.send(stray)
+            else:
+                await peer.send(answer(b'{"conn":%d}' % peer.index) + stray)
+
+    wire = await serve(handler)
+    pool = wire.pool()
+    head = pool.head("chat/completions")
+    resp = await pool.post(head, BODY, 1.0)
+    assert await resp.read(1.0) == b'{"conn":0}'
+    resp.release()
+    await asyncio.sleep(0.15)
+    resp = await pool.post(head, BODY, 1.0)
+    assert await resp.read(1.0) == b'{"conn":1}'
+    resp.release()
+    assert len(wire.peers) == 2 and len(wire.requests) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_decompression_bomb_is_inflated_a_slice_at_a_time_up_to_the_limit(serve: Serve) -> None:
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = b"".join(squeeze.compress(bytes(1 << 20)) for _ in range(64)) + squeeze.flush()  # 64 MB inflated
+    assert len(bomb) < 100_000
+
+    wire = await serve(answer_each(answer(bomb, b"content-encoding: gzip")))
+    pool = wire.pool(limits=Limits(max_response_bytes=4 << 20))
+    head = pool.head("chat/completions")
+    started = time.monotonic()
+    resp = await pool.post(head, BODY, 1.0)
+    with pytest.raises(TooLarge, match="larger than 4194304 bytes"):
+        await resp.read(2.0)
+    assert resp.closed and time.monotonic() - started < 1.0
+    resp = await pool.post(head, BODY, 1.0)
+    sizes = [len(await resp.readany(1.0)) for _ in range(20)]
+    assert max(sizes) <= 64 * 1024  # however much a read would inflate to
+    resp.close()
+
+
+@pytest.mark.asyncio
+async def test_an_encoding_not_asked_for_is_refused(serve: Serve) -> None:
+    wire = await serve(answer_each(answer(gzip.compress(b"{}"), b"content-encoding: gzip")))
+    pool = wire.pool({"accept-encoding": "identity"})
+    with pytest.raises(HttpError, match="content-encoding it was not asked for: 'gzip'"):
+        await pool.post(pool.head("chat/completions"), BODY, 1.0)
+
+
+@pytest.mark.asyncio
+async def test_read_stops_at_its_limit(serve: Serve) -> None:
+    wire = await serve(answer_each(answer(b"x" * 100_000)))
+    pool = wire.pool()
+    resp = await pool.post(pool.head("chat/completions"), BODY, 1.0)
+    with pytest.raises(TooLarge):
+        await resp.read(1.0, limit=65536)
+    assert resp.closed
+
+
+@pytest.mark.asyncio
+async def test_requests_beyond_max_connections_wait_for_one_then_fail_locally(serve: Serve) -> None:
+    async def handler(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await asyncio.sleep(0.2)
+            await peer.send(answer(b'{"conn":%d}' % peer.index))
+
+    wire = await serve(handler)
+    pool = wire.pool(limits=Limits(max_connections=1), timeouts=Timeouts(connect=0.5))
+    head = pool.head("chat/completions")
+
+    async def one() -> bytes:
+        resp = await pool.post(head, BODY, 2.0)
+        body = await resp.read(1.0)
+        resp.release()
+        return body
+
+    # The second waits for the first's connection and gets it once released: one connection.
+    assert await asyncio.gather(one(), one()) == [b'{"conn":0}', b'{"conn":0}']
+    assert len(wire.peers) == 1
+    held = await pool.post(head, BODY, 2.0)  # holds the only connection
+    started = time.monotonic()
+    with pytest.raises(LocalError, match=r"all 1 connections to 127\.0\.0\.1:\d+ are in use"):
+        await pool.post(head, BODY, 2.0)
+    assert 0.4 < time.monotonic() - started < 1.0  # within the connect timeout
+    held.close()
+
+
+@pytest.mark.asyncio
+async def test_running_out_of_file_descriptors_is_a_local_failure(serve: Serve) -> None:
+    wire = await serve(answer_each(answer(b"{}")))
+    pool = wire.pool()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spare: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 16, hard))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                spare.append(os.dup(0))
+        with pytest.raises(LocalError, match="Too many open files"):
+            await pool.post(pool.head("chat/completions"), BODY, 1.0)
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    resp = await pool.post(pool.head("chat/completions"), BODY, 1.0)  # and fine again once fds are back
+    assert await resp.read(1.0) == b"{}"
+    resp.release()

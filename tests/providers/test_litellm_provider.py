@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from providers import registry
-from providers.base import BackendInfo, Provider, ProviderError, UpstreamRequest
+from providers.base import BackendInfo, Provider, ProviderError, Timeouts, UpstreamRequest
 from router.sim.backend import SimBackend, start_sim
 from tests.openai_schema import validate
 
@@ -43,7 +43,9 @@ def anthropic_info() -> BackendInfo:
 def make_provider(port: int, **timeouts: float) -> Any:
     from providers.litellm_backed import LiteLLMProvider
 
-    return LiteLLMProvider(anthropic_info(), base_url=f"http://127.0.0.1:{port}", api_key="sk-ant-test", **timeouts)
+    return LiteLLMProvider(
+        anthropic_info(), base_url=f"http://127.0.0.1:{port}", api_key="sk-ant-test", timeouts=Timeouts(**timeouts)
+    )
 
 
 def chat(max_tokens: int = 5, **extra: Any) -> UpstreamRequest:
@@ -114,10 +116,7 @@ async def test_registry_builds_it() -> None:
         anthropic_info(),
         "http://127.0.0.1:1",
         "sk-ant-test",
-        connect_timeout=1.0,
-        first_token_timeout=2.0,
-        idle_timeout=3.0,
-        total_timeout=4.0,
+        timeouts=Timeouts(connect=1.0, first_token=2.0, idle=3.0, total=4.0),
     )
     assert isinstance(built, Provider)
     await built.close()
@@ -270,7 +269,7 @@ async def test_connection_refused() -> None:
 
 async def test_first_token_timeout(sim: SimControl) -> None:
     await sim.set(ttft_s=2.0)
-    provider = make_provider(sim.port, first_token_timeout=0.2)
+    provider = make_provider(sim.port, first_token=0.2)
     started = time.perf_counter()
     with pytest.raises(ProviderError) as caught:
         await provider.stream(chat())
@@ -280,7 +279,7 @@ async def test_first_token_timeout(sim: SimControl) -> None:
 
 async def test_idle_timeout_mid_stream(sim: SimControl) -> None:
     await sim.set(tokens_per_s=2.0)  # half a second between chunks
-    provider = make_provider(sim.port, idle_timeout=0.2)
+    provider = make_provider(sim.port, idle=0.2)
     stream = await provider.stream(chat(max_tokens=4))
     with pytest.raises(ProviderError) as caught:
         await drain(stream)
@@ -289,7 +288,7 @@ async def test_idle_timeout_mid_stream(sim: SimControl) -> None:
 
 async def test_total_timeout(sim: SimControl) -> None:
     await sim.set(ttft_s=2.0)
-    provider = make_provider(sim.port, total_timeout=0.3)
+    provider = make_provider(sim.port, total=0.3)
     started = time.perf_counter()
     with pytest.raises(ProviderError) as caught:
         await provider.complete(chat())
