@@ -27,6 +27,7 @@ from tests.providers.upstreams import (
     KINDS,
     MESSAGES,
     MODEL,
+    OPENAI_NO_HEAD_UNNAMED,
     SSE_HEAD,
     Kind,
     Scripted,
@@ -34,6 +35,7 @@ from tests.providers.upstreams import (
     chunked_sse,
     error_answer,
     json_answer,
+    kinds,
     unanswered_port,
     until,
     warm_up,
@@ -413,6 +415,24 @@ async def test_a_timeout_names_its_setting(build: Build, scripted: Scripted, lim
     scripted.steps = steps
     provider = build(**{limit: 0.3})
     _, error = await run_stream(provider, chat(provider, stream=True))
+    assert error is not None and error.kind == "timeout" and f"timeouts.{limit}" in error.message
+
+
+@on_loop
+@kinds(pending={"openai": OPENAI_NO_HEAD_UNNAMED})
+@pytest.mark.parametrize("streaming", [False, True], ids=["complete", "stream"])
+async def test_a_timeout_before_any_head_names_its_setting(build: Build, scripted: Scripted, streaming: bool) -> None:
+    """With no response head at all, the setting that ran out is named too: the first event's, or
+    the whole answer's."""
+    scripted.steps = [3.0]
+    limit = "first_token" if streaming else "total"
+    provider = build(**{limit: 0.3})
+    if streaming:
+        _, error = await run_stream(provider, chat(provider, stream=True))
+    else:
+        with pytest.raises(ProviderError) as caught:
+            await provider.complete(chat(provider))
+        error = caught.value
     assert error is not None and error.kind == "timeout" and f"timeouts.{limit}" in error.message
 
 
