@@ -19,12 +19,7 @@ from tests.openai_schema import validate
 from tests.providers.upstreams import (
     ANSWER,
     KINDS,
-    LITELLM_COERCES_COUNTS,
-    LITELLM_INVENTS_AN_ANSWER,
-    LITELLM_INVENTS_USAGE,
-    LITELLM_STATUS_UNNAMED,
-    LITELLM_TOTAL_PER_READ,
-    LITELLM_UNNAMED_TIMEOUTS,
+    LITELLM_CANNOT_SEND_ODD_SHAPES,
     MODEL,
     PARSERS,
     SSE_HEAD,
@@ -124,7 +119,6 @@ def test_comments_do_not_put_off_the_first_token_deadline(
     assert took < 3.0, f"fell back only after {took:.1f} s; the comments kept it waiting"
 
 
-@kinds(pending={"litellm": LITELLM_UNNAMED_TIMEOUTS})
 def test_comments_do_not_put_off_the_idle_deadline(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [SSE_HEAD, chunk_event("Hello")] + [b": keep-alive\n\n", 0.1] * 60
     gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway, idle=0.5)
@@ -135,7 +129,6 @@ def test_comments_do_not_put_off_the_idle_deadline(provider_kind, scripted, star
     assert _text(events[:-1]) == "Hello"
 
 
-@kinds(pending={"litellm": LITELLM_UNNAMED_TIMEOUTS})
 def test_total_bounds_a_stream_that_keeps_going(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [SSE_HEAD] + [chunk_event("x"), 0.1] * 100
     gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway, total=1.0)
@@ -146,7 +139,6 @@ def test_total_bounds_a_stream_that_keeps_going(provider_kind, scripted, start_s
     assert (row["backend"], row["outcome"]) == ("scripted", "upstream_error")
 
 
-@kinds(pending={"litellm": LITELLM_TOTAL_PER_READ})
 def test_total_bounds_a_body_that_trickles_in(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     body = orjson.dumps({"id": "x", "object": "chat.completion", "choices": []})
     head = json_answer(body)[: -len(body)]
@@ -178,7 +170,6 @@ def test_a_200_without_choices_falls_back(provider_kind, scripted, start_sim_bac
 # -- the backend's own 4xx ----------------------------------------------------------------------
 
 
-@kinds(pending={"litellm": LITELLM_STATUS_UNNAMED})
 @pytest.mark.parametrize("status", [b"401 Unauthorized", b"403 Forbidden", b"404 Not Found"])
 def test_a_backends_own_4xx_falls_back(
     provider_kind, scripted, start_sim_backend, start_gateway, status: bytes
@@ -232,7 +223,6 @@ def test_a_request_a_backend_refuses_is_relayed_not_retried(
 # -- usage a backend reports ---------------------------------------------------------------------
 
 
-@kinds(pending={"litellm": LITELLM_COERCES_COUNTS})
 @pytest.mark.parametrize(
     "usage",
     [
@@ -253,7 +243,6 @@ def test_unbelievable_usage_is_counted_instead(
     assert 0 < row["input_tokens"] < 100 and row["output_tokens"] == 2  # "Hello there"
 
 
-@kinds(pending={"litellm": LITELLM_COERCES_COUNTS})
 def test_a_partial_usage_counts_what_is_missing(provider_kind, scripted, start_sim_backend, start_gateway) -> None:
     scripted.steps = [json_answer({**ANSWER, "usage": {"prompt_tokens": 7, "completion_tokens": "3"}})]
     gw = _gateway(provider_kind, scripted, start_sim_backend, start_gateway)
@@ -263,7 +252,6 @@ def test_a_partial_usage_counts_what_is_missing(provider_kind, scripted, start_s
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (7, 2, 9)
 
 
-@kinds(pending={"litellm": LITELLM_INVENTS_USAGE})
 @pytest.mark.parametrize("endpoint", ["chat/completions", "embeddings"])
 def test_an_answer_without_usage_gets_the_counts_it_was_billed_at(
     provider_kind, scripted, start_sim_backend, start_gateway, endpoint: str
@@ -327,7 +315,6 @@ def test_a_choice_that_is_not_an_object_falls_back(provider_kind, scripted, star
     assert resp.headers["x-fedrouter-backend"] == "good" and _text(events)
 
 
-@kinds(pending={"litellm": LITELLM_INVENTS_AN_ANSWER})
 @pytest.mark.parametrize("steps", [[SSE_HEAD, b"data: [DONE]\n\n"], [SSE_HEAD]], ids=["done-at-once", "closed-at-once"])
 def test_a_stream_without_a_single_event_falls_back(
     provider_kind, scripted, start_sim_backend, start_gateway, steps: list
@@ -339,7 +326,7 @@ def test_a_stream_without_a_single_event_falls_back(
     assert _text(events)
 
 
-@kinds(pending={"litellm": LITELLM_INVENTS_USAGE})
+@kinds(pending={"litellm": LITELLM_CANNOT_SEND_ODD_SHAPES})
 @pytest.mark.parametrize("stream", [False, True])
 def test_odd_message_shapes_are_still_billed(
     provider_kind, scripted, start_sim_backend, start_gateway, stream: bool

@@ -302,30 +302,14 @@ def kinds(*, pending: Mapping[str, str] | None = None, omit: Mapping[str, str] |
     return pytest.mark.parametrize("provider_kind", [k for k in KINDS if k not in left_out], indirect=True)
 
 
-# Defects of providers/litellm_backed.py found by this suite; each names the cases it fails.
-LITELLM_INVENTS_USAGE = (
-    "litellm's answer carries usage the upstream never sent (zeros in an answer, its own count in a "
-    "stream), which the gateway bills as the backend's own counts"
+# Defects of providers/openai_compat.py found by this suite; each names the cases it fails.
+OPENAI_NO_HEAD_UNNAMED = (
+    "openai_compat's timeout before any response head says 'no response within the time limit', naming "
+    "neither timeouts.first_token (a stream's) nor timeouts.total (an answer's)"
 )
-LITELLM_COERCES_COUNTS = (
-    "litellm coerces counts of the wrong type ('3', true) into integers, so the gateway bills hostile "
-    "counts as believable ones"
-)
-LITELLM_UNNAMED_TIMEOUTS = "litellm's timeout errors do not name the setting that ran out (timeouts.idle, .total)"
-LITELLM_TOTAL_PER_READ = (
-    "litellm bounds complete() per read, not by timeouts.total: an answer that trickles in is waited for"
-)
-LITELLM_STATUS_UNNAMED = (
-    "litellm's errors for a backend's own 401/403/404 name litellm's exception classes, not the HTTP status"
-)
-LITELLM_ERROR_200_IS_422 = (
-    "litellm reads a 200 that carries an error as a 422, the client's fault: no other backend is tried"
-)
-LITELLM_INVENTS_AN_ANSWER = (
-    "litellm turns an upstream stream that ended without a single event into a finished, empty answer "
-    "(finish_reason 'stop'), which the gateway relays and bills instead of trying another backend"
-)
-LITELLM_CONNECT_AS_TIMEOUT = (
-    "litellm reports a connect timeout as kind 'timeout', so the gateway records an attempt that never "
-    "reached the backend as consumption"
+
+# What litellm itself cannot do, which its adapter cannot mend; each names the cases it fails.
+LITELLM_CANNOT_SEND_ODD_SHAPES = (
+    "litellm cannot forward a message outside OpenAI's schema (content nested in lists): it fails while "
+    "translating it, before anything is sent, where an OpenAI-compatible backend is given it as it came"
 )
