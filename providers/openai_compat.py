@@ -163,6 +163,7 @@ class SSEStream:
                     yield payload
                 return
             fresh = False
+            began = loop_time()
             for event in self._split.feed(chunk, self._backend):
                 payload = _data_of(event)
                 if payload is None:
@@ -174,7 +175,12 @@ class SSEStream:
                 yield payload
             if fresh:
                 seen = True
-                due = min(loop_time() + self._idle, self._end)
+                now = loop_time()
+                # The time the consumer held the events (a client reading slowly) was not the
+                # backend's: its total runs on without it, or a slow reader would fail and eject a
+                # healthy backend. The relay's own deadline bounds the client (router.http.events).
+                self._end += now - began
+                due = min(now + self._idle, self._end)
 
     async def _read(self, within: float, seen: bool, due: float) -> bytes:
         if within <= 0:  # bytes kept coming, each in time, and made no event before the deadline
