@@ -6,16 +6,19 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from router.app import create_app
+from router.config import parse_config
+from router.settings import Settings
 from tests.conftest import Gateway, Sim, backend_entry
 from tests.http.test_server import Wire, request
-from tests.servers import wait_for
+from tests.servers import ADMIN_KEY, start_uvicorn, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -80,3 +83,29 @@ def test_a_client_that_reads_slowly_is_never_the_backends_failure(
     assert b"data: [DONE]" in seen, "the slow client got its whole answer"
     stats = wait_for(lambda: _backend_stats(gw)["fast"])
     assert (stats["failures"], stats["ejected"]) == (0, False), stats
+
+
+@contextlib.contextmanager
+def _uvicorn(raw: dict[str, Any]) -> Iterator[tuple[int, dict[str, str]]]:
+    """The app for ``raw`` under uvicorn; yields its port and the authorization of tenant acme."""
+    app = create_app(parse_config(raw), Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0))
+    key = app.state.keys.create("acme")[0]
+    server, thread, port = start_uvicorn(app)
+    try:
+        yield port, {"authorization": f"Bearer {key}"}
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_trickled_body_under_uvicorn_holds_no_inference_place(sim: Sim) -> None:
+    # uvicorn has no body deadline. Admitted by the shedder before its body was read, a client
+    # that sends a head and then only a byte or two held one of max_concurrency's places for as
+    # long as it liked: a few such connections shed every other tenant (503).
+    raw = {"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}], "limits": {"max_concurrency": 1}}
+    with _uvicorn(raw) as (port, auth), socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+        body = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+        slow.sendall(request("POST", "/v1/chat/completions", body, auth)[:-5])  # all but the body's end
+        time.sleep(0.3)
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", content=body, headers=auth, timeout=5)
+        assert answer.status_code == 200, answer.text
