@@ -20,7 +20,7 @@ from providers.flow_control import FlowControl, WriteStalled
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest
 from router.http.request import Request
 from router.http.send import whole_answer
-from router.http.shedding import TOO_MANY_CONNECTIONS
+from router.http.shedding import turn_away
 
 _MAX_HEAD = 64 * 1024  # request line and headers; the body has its own, configured, limit
 # After a refusal, what the client still sends is read and dropped this long (and up to this
@@ -28,7 +28,6 @@ _MAX_HEAD = 64 * 1024  # request line and headers; the body has its own, configu
 # the refusal before the client has read it.
 _LINGER_S = 2.0
 _LINGER_BYTES = 16 * 1024 * 1024
-_TURN_AWAY_LINGER_S = 0.2  # shorter for a connection over the cap: it holds a file descriptor meanwhile
 
 
 class _HeadTooLarge(Exception):
@@ -54,6 +53,9 @@ class Host(Protocol):
     def connections(self) -> set[Connection]: ...
     @property
     def max_connections(self) -> int: ...
+
+    turned_away: int  # connections over the cap still lingering (``router.http.shedding.turn_away``)
+
     @property
     def max_body(self) -> int: ...
     @property
@@ -107,23 +109,11 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a TCP connection's transport is a Transport
         if len(self.server.connections) >= self.server.max_connections:
-            self._turn_away()
+            self.reading = False
+            if turn_away(self.server, transport):  # type: ignore[arg-type]  # as above
+                self.lingering = _LINGER_BYTES  # dropped meanwhile, so that the close resets nothing away
             return
         self.server.connections.add(self)
-
-    def _turn_away(self) -> None:
-        """A connection beyond the cap: 503 at once, then closed, reading (and dropping) what the
-        client sends meanwhile so that the close does not reset the answer away."""
-        transport = self.transport
-        assert transport is not None
-        answer = TOO_MANY_CONNECTIONS
-        line = self.server.status_line(answer.status)
-        transport.write(whole_answer(line, answer.headers, answer.body, keep_alive=False, request_id=None))
-        self.reading = False
-        self.lingering = _LINGER_BYTES
-        if transport.can_write_eof():
-            transport.write_eof()
-        self.loop.call_later(_TURN_AWAY_LINGER_S, transport.close)
 
     def data_received(self, data: bytes) -> None:
         self.active = self.server.now

@@ -43,6 +43,7 @@ class Server:
         self.head_timeout_s: float = limits.head_timeout_s
         self.body_timeout_s: float = limits.body_timeout_s
         self.max_connections: int = connection_cap(limits.max_connections)
+        self.turned_away = 0
         self.grace_s = grace_s
         self.connections: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # the serving loop, set by serve()

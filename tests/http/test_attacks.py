@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +19,9 @@ import pytest
 from router.app import create_app
 from router.config import parse_config
 from router.settings import Settings
+from tests.cli.test_cli import _free_port, _run, _wait_ready
 from tests.conftest import Gateway, Sim, backend_entry
+from tests.http.test_hostile_clients import _serve_with_fds
 from tests.http.test_server import Wire, request
 from tests.servers import ADMIN_KEY, start_uvicorn, wait_for
 
@@ -109,3 +114,62 @@ def test_a_trickled_body_under_uvicorn_holds_no_inference_place(sim: Sim) -> Non
         time.sleep(0.3)
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", content=body, headers=auth, timeout=5)
         assert answer.status_code == 200, answer.text
+
+
+@pytest.fixture
+def fd_config(sim: Sim, tmp_path: Path) -> tuple[Path, str, str]:
+    cfg = tmp_path / "fed.yaml"
+    cfg.write_text(
+        f"backends:\n  - {{name: up, class: datacenter, type: openai, base_url: '{sim.base_url}', models: [m1],"
+        " price: {input: 1.0, output: 2.0}}\ntenants:\n  - name: acme\n  - name: other\n"
+    )
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    created = _run("keys", "create", "--tenant", "other", "--config", str(cfg), "--ledger", ledger)
+    assert created.returncode == 0, created.stderr
+    return cfg, ledger, created.stdout.split()[-1]
+
+
+@pytest.mark.timeout(60)
+def test_a_fast_flood_beyond_the_cap_leaves_descriptors_for_the_backends(fd_config: tuple[Path, str, str]) -> None:
+    # ``fedrouter serve`` under ``prlimit --nofile=256`` (a cap of 128). A client opening
+    # connections as fast as it can, never reading: each one over the cap lingered 0.2 s after its
+    # 503, and together they took the descriptors the cap keeps for the backends, so requests on
+    # connections already accepted failed with EMFILE on the upstream connect (503).
+    cfg, ledger, key = fd_config
+    port = _free_port()
+    auth = {"authorization": f"Bearer {key}"}
+    body = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+    ask = request("POST", "/v1/chat/completions", body, auth)
+    with _serve_with_fds(cfg, ledger, port, 256) as proc:
+        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+        wires = [Wire(port) for _ in range(8)]
+        stop = threading.Event()
+        flood: list[socket.socket] = []
+
+        def attack() -> None:
+            while not stop.is_set():
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+                flood.append(sock)
+                if len(flood) > 3000:
+                    flood.pop(0).close()
+
+        thread = threading.Thread(target=attack, daemon=True)
+        thread.start()
+        statuses = []
+        try:
+            time.sleep(0.5)
+            for _ in range(10):
+                for wire in wires:
+                    wire.send(ask)
+                statuses += [wire.answer().status for wire in wires]
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            thread.join(5)
+            for sock in flood:
+                sock.close()
+            for wire in wires:
+                wire.sock.close()
+        assert Counter(statuses) == {200: 80}, Counter(statuses)
