@@ -287,6 +287,7 @@ class Connection(asyncio.Protocol):
         """The 100 Continue owed to the request being read, once no answer is owed before it."""
         if self.owe_continue and self.task is None and not self.pending and self.transport is not None:
             self.owe_continue = False
+            self.since = self.server.now  # the body's deadline runs from the invitation
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _oversized(self) -> GatewayError:
@@ -296,8 +297,8 @@ class Connection(asyncio.Protocol):
 
     def late(self, now: float) -> bool:
         """Refuse (408) a request whose head or body is taking longer than the server allows."""
-        if not self.in_message or not self.reading or self.refusal is not None:
-            return False
+        if not self.in_message or not self.reading or self.refusal is not None or self.owe_continue:
+            return False  # (a client may wait for the 100 Continue before sending the body)
         allowed = self.server.head_timeout_s if self.in_head else self.server.body_timeout_s
         if now - self.since <= allowed:
             return False

@@ -18,14 +18,19 @@ import pytest
 
 from router.app import create_app
 from router.config import parse_config
+from router.http.server import Server
 from router.settings import Settings
 from tests.cli.test_cli import _free_port, _run, _wait_ready
 from tests.conftest import Gateway, Sim, backend_entry
+from tests.http import test_protocol
 from tests.http.test_hostile_clients import _serve_with_fds
+from tests.http.test_protocol import HEALTHZ, answers, connect, settled
 from tests.http.test_server import Wire, request
 from tests.servers import ADMIN_KEY, start_uvicorn, wait_for
 
 pytestmark = pytest.mark.timeout(30)
+
+memory_server = test_protocol.server  # a fixture: the server of test_protocol's in-memory connections
 
 
 def _unread(port: int) -> socket.socket:
@@ -173,3 +178,20 @@ def test_a_fast_flood_beyond_the_cap_leaves_descriptors_for_the_backends(fd_conf
             for wire in wires:
                 wire.sock.close()
         assert Counter(statuses) == {200: 80}, Counter(statuses)
+
+
+@pytest.mark.asyncio
+async def test_a_body_waiting_for_its_withheld_continue_is_not_late(memory_server: Server) -> None:
+    # The 100 Continue of a pipelined request waits for the answer before it; a client that waits
+    # for it (as it may) was refused 408 for a body the gateway had not yet asked for, and got
+    # the 100 Continue it waited for just before that 408.
+    conn, transport = connect(memory_server)
+    conn.data_received(HEALTHZ + b"POST /admin/v1/keys HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
+    memory_server.now += memory_server.body_timeout_s + 1  # the answer before it took that long
+    assert not conn.late(memory_server.now)  # still owed its 100 Continue
+    await settled(conn)
+    assert bytes(transport.out).endswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert not conn.late(memory_server.now + 1)  # its body's time runs from the 100 Continue
+    conn.data_received(b"{}")
+    await settled(conn)
+    assert [status for status, _, _ in answers(transport)][-1] == 401
