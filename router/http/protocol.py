@@ -28,6 +28,9 @@ _MAX_HEAD = 64 * 1024  # request line and headers; the body has its own, configu
 # the refusal before the client has read it.
 _LINGER_S = 2.0
 _LINGER_BYTES = 16 * 1024 * 1024
+# Requests queued on one connection: httptools parses a whole read at once, so without a bound
+# one 256 KB read of tiny requests queued 14,500 of them (ten times the bytes in memory).
+_MAX_PIPELINED = 32
 
 
 class _HeadTooLarge(Exception):
@@ -36,6 +39,10 @@ class _HeadTooLarge(Exception):
 
 class _BodyTooLarge(Exception):
     """A Content-Length over the limit: refused at once, rather than after the whole body."""
+
+
+class _Pipelined(Exception):
+    """More requests queued on one connection than ``_MAX_PIPELINED``: the rest are refused."""
 
 
 class _OldVersion(Exception):
@@ -150,6 +157,8 @@ class Connection(asyncio.Protocol):
                 self._refuse(_refusal(431, str(cause)))
             elif isinstance(cause, _BodyTooLarge):
                 self._refuse(BodyTooLarge(str(cause)))
+            elif isinstance(cause, _Pipelined):
+                self._refuse(_refusal(503, str(cause), retry=True))
             elif isinstance(cause, _OldVersion):
                 self._refuse(_refusal(505, str(cause)))
             else:
@@ -228,6 +237,8 @@ class Connection(asyncio.Protocol):
         self.in_message = self.owe_continue = self.fresh = False
         if self.parser.should_upgrade():
             return  # refused, not served: the parser stops here and data_received refuses it
+        if len(self.pending) >= _MAX_PIPELINED:
+            raise _Pipelined(f"Over {_MAX_PIPELINED} pipelined requests; send the rest on a new connection.")
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.pending.append(
             Request(
@@ -303,9 +314,7 @@ class Connection(asyncio.Protocol):
         if now - self.since <= allowed:
             return False
         part = "headers" if self.in_head else "body"
-        err = _refusal(408, f"The request {part} did not arrive within {allowed:g} s.")
-        err.should_retry = True
-        self._refuse(err)
+        self._refuse(_refusal(408, f"The request {part} did not arrive within {allowed:g} s.", retry=True))
         return True
 
     def _refuse(self, err: GatewayError) -> None:
@@ -381,7 +390,7 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _refusal(status: int, message: str) -> InvalidRequest:
+def _refusal(status: int, message: str, *, retry: bool = False) -> InvalidRequest:
     err = InvalidRequest(message)
-    err.status = status
+    err.status, err.should_retry = status, retry
     return err

@@ -3,6 +3,7 @@ attack that got past the first round of fixes (issue 12), kept so that it stays 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -195,3 +196,21 @@ async def test_a_body_waiting_for_its_withheld_continue_is_not_late(memory_serve
     conn.data_received(b"{}")
     await settled(conn)
     assert [status for status, _, _ in answers(transport)][-1] == 401
+
+
+@pytest.mark.asyncio
+async def test_pipelined_requests_queue_only_up_to_a_bound(memory_server: Server) -> None:
+    # One read of 256 KB of tiny pipelined requests was parsed whole, queueing 14,500 requests
+    # (2.6 MB held, ten times the bytes sent) on one connection, and as many on every other.
+    conn, transport = connect(memory_server)
+    request = b"GET /healthz HTTP/1.1\r\n\r\n"
+    conn.data_received(request * (256 * 1024 // len(request)))
+    assert len(conn.pending) < 100
+    for _ in range(2000):
+        if transport.eof:
+            break
+        await asyncio.sleep(0)
+    found = answers(transport)
+    assert {status for status, _, _ in found[:-1]} == {200} and len(found) < 100
+    status, headers, _ = found[-1]
+    assert status == 503 and headers["connection"] == "close" and headers["x-should-retry"] == "true"
