@@ -4,6 +4,7 @@ test is a hostile backend's answer that got past the first round of fixes (issue
 from __future__ import annotations
 
 import gzip
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -46,3 +47,17 @@ async def test_bytes_after_a_compressed_body_are_refused_not_held(serve: Serve) 
     with pytest.raises(HttpError, match="after its compressed body"):
         await resp.read(5.0)
     assert resp.closed and time.monotonic() - started < 1.0
+
+
+@pytest.mark.asyncio
+async def test_an_upgrade_answer_is_refused_as_invalid_not_a_transport_fault(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    # httptools raises HttpParserUpgrade, which is not an HttpParserError: it escaped
+    # data_received, and the event loop logged a "Fatal error" traceback per hostile answer.
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
+    wire = await serve(answer_each(upgrade + answer(b"{}")))
+    pool = wire.pool()
+    with caplog.at_level(logging.ERROR, logger="asyncio"), pytest.raises(HttpError, match=r"not valid HTTP/1\.1"):
+        await pool.post(pool.head("chat/completions"), BODY, 1.0)
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
