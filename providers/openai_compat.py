@@ -251,7 +251,7 @@ class _Splitter:
                 break
             events.append(bytes(buf[start:at]))
             start = scan = at + 2
-        if len(buf) - start > self._cap:
+        if len(buf) - start > self._cap + 1:  # + 1: the first of the two line ends may be in already
             raise ProviderError("protocol", f"{backend}: an event larger than {self._cap} bytes (max_event_bytes)")
         if buf is self._buf:
             del self._buf[:start]  # O(1): a bytearray drops its front without moving the rest

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from providers.base import Limits
+from providers.base import Limits, ProviderError
 from providers.http1 import HttpError
+from providers.openai_compat import _Splitter
 from tests.providers.test_http1 import BODY, Handler, Serve, Wire, answer, answer_each
 
 pytestmark = pytest.mark.timeout(10)
@@ -61,3 +62,14 @@ async def test_an_upgrade_answer_is_refused_as_invalid_not_a_transport_fault(
     with caplog.at_level(logging.ERROR, logger="asyncio"), pytest.raises(HttpError, match=r"not valid HTTP/1\.1"):
         await pool.post(pool.head("chat/completions"), BODY, 1.0)
     assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+
+
+@pytest.mark.parametrize("cut", [0, 5, 10, 11])
+def test_an_event_of_max_event_bytes_passes_wherever_its_reads_split(cut: int) -> None:
+    # An event of exactly the cap passed in one read but was refused when a read ended between
+    # the two line ends that close it: the one pending "\n" was counted as the event's.
+    data = b"x" * 10 + b"\n\n"
+    split = _Splitter(10)
+    assert split.feed(data[:cut], "b") + split.feed(data[cut:], "b") == [b"x" * 10]
+    with pytest.raises(ProviderError, match="max_event_bytes"):
+        _Splitter(10).feed(b"x" * 11 + b"\n", "b")
