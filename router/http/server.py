@@ -193,7 +193,7 @@ class Server:
             await _end_stream(send, last_event(exc, request.url.decode("latin-1")))
             return
         if relayed:
-            await send.finish()
+            await _end_stream(send, None)  # a client that stops reading now is aborted, as mid-stream
         elif not conn.lost:
             request.keep_alive = False  # it stopped reading, or outlasted its time: the answer is cut short
             conn.abort()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from router.app import create_app
 from router.config import parse_config
+from router.http.protocol import Connection
 from router.http.server import Server
 from router.settings import Settings
 from tests.cli.test_cli import _free_port, _run, _wait_ready
@@ -214,3 +216,44 @@ async def test_pipelined_requests_queue_only_up_to_a_bound(memory_server: Server
     assert {status for status, _, _ in found[:-1]} == {200} and len(found) < 100
     status, headers, _ = found[-1]
     assert status == 503 and headers["connection"] == "close" and headers["x-should-retry"] == "true"
+
+
+class _StallsAtTheEnd(test_protocol.Transport):
+    """A client that reads every event, then stops reading just as the stream's last chunk goes out."""
+
+    conn: Any = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        if bytes(data) == b"0\r\n\r\n":
+            self.conn.pause_writing()
+
+    def abort(self) -> None:
+        super().abort()
+        asyncio.get_running_loop().call_soon(self.conn.connection_lost, None)  # as a real transport does
+
+
+@pytest.mark.asyncio
+async def test_a_stream_whose_last_chunk_stalls_is_aborted_once(sim: Sim, caplog: pytest.LogCaptureFixture) -> None:
+    # pump() catches a stalled write, but the stream's end was written outside it: WriteStalled
+    # escaped the relay, was logged as an unhandled error, and the connection was held for a
+    # second write_stall_s before it was aborted.
+    raw = {"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}], "limits": {"write_stall_s": 0.5}}
+    app = create_app(parse_config(raw), Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY))
+    key = app.state.keys.create("acme")[0]
+    server = Server(app)
+    server.loop = asyncio.get_running_loop()
+    server.now = server.loop.time()
+    async with app.router.lifespan_context(app):
+        conn, transport = Connection(server), _StallsAtTheEnd()
+        transport.conn = conn
+        conn.connection_made(transport)
+        body = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "x"}], "stream": True})
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="fedrouter"):
+            conn.data_received(request("POST", "/v1/chat/completions", body, {"authorization": f"Bearer {key}"}))
+            assert conn.task is not None
+            await asyncio.wait([conn.task], timeout=5)
+        assert b"data: [DONE]" in transport.out and transport.closed
+        assert time.monotonic() - started < 0.9, "held for a second write_stall_s"
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
