@@ -23,6 +23,7 @@ from providers.http1 import HttpError, LocalError, Pool, Response, TooLarge
 _JSON = "application/json"
 _SSE = "text/event-stream"
 _DRAIN_S = 0.05  # how long a finished stream may take to end its body before its connection is dropped
+_DRAIN_BYTES = 64 * 1024  # and how much it may still send: only the body's end is due after [DONE]
 _RESULT = {"chat/completions": "choices", "completions": "choices", "embeddings": "data"}  # a 200's list
 # An error answer is read for its message only: a little of it, briefly.
 _ERROR_BODY_BYTES = 64 * 1024
@@ -211,7 +212,7 @@ class SSEStream:
             # A finished stream's connection goes back to the pool once its body's end (the last,
             # empty chunk) is read: a new connection per stream costs about a millisecond.
             try:
-                await self._resp.read(_DRAIN_S)
+                await self._resp.read(_DRAIN_S, limit=_DRAIN_BYTES)
             except (TimeoutError, HttpError):
                 self._resp.close()
             else:

@@ -3,19 +3,21 @@ test is a hostile backend's answer that got past the first round of fixes (issue
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import ssl
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
-from providers.base import Limits, ProviderError
+from providers.base import BackendInfo, Limits, ProviderError, UpstreamRequest
 from providers.http1 import HttpError
-from providers.openai_compat import _Splitter
-from tests.providers.test_http1 import BODY, Handler, Serve, Wire, answer, answer_each
+from providers.openai_compat import OpenAICompatProvider, _Splitter
+from tests.providers.test_http1 import BODY, CHUNKED_HEAD, Handler, Serve, Wire, answer, answer_each, chunk
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -73,3 +75,25 @@ def test_an_event_of_max_event_bytes_passes_wherever_its_reads_split(cut: int) -
     assert split.feed(data[:cut], "b") + split.feed(data[cut:], "b") == [b"x" * 10]
     with pytest.raises(ProviderError, match="max_event_bytes"):
         _Splitter(10).feed(b"x" * 11 + b"\n", "b")
+
+
+@pytest.mark.asyncio
+async def test_bytes_after_done_are_not_buffered_to_max_response_bytes(serve: Serve) -> None:
+    # After [DONE] the rest of a stream's body is read, to reuse its connection: up to
+    # max_response_bytes (16 MB) held in memory per stream, for any backend that keeps talking.
+    tail = chunk(b": " + b"x" * (4 << 20) + b"\n\n")
+    events = chunk(b'data: {"choices":[]}\n\n') + chunk(b"data: [DONE]\n\n")
+    wire = await serve(answer_each(CHUNKED_HEAD + events + tail + chunk(b"")))
+    info = BackendInfo("hostile", "volunteer", "openai", {"m": "m"})
+    provider = OpenAICompatProvider(info, wire.base_url)
+    stream = await provider.stream(UpstreamRequest("chat/completions", {"model": "m"}))
+    assert [payload async for payload in stream] == [b'{"choices":[]}']
+    await asyncio.sleep(0.1)  # the tail has arrived
+    tracemalloc.start()
+    try:
+        await stream.aclose()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    await provider.close()
+    assert peak < 1 << 20, f"{peak} bytes held to drain the stream's end"
