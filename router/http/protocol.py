@@ -96,7 +96,7 @@ class Connection(asyncio.Protocol):
         self.gone: asyncio.Future[None] = self.loop.create_future()  # resolved when the client leaves
         self.flow = FlowControl(self.loop)
         self.reading = True
-        self.active = server.now  # when the client last sent something, to the second
+        self.active = server.now  # when a request last began, sent a byte or was answered, to the second
         self.head_size = 0
         self.refusal: GatewayError | None = None  # owed once the answers before it are written
         self.lingering = 0  # bytes still to drop after a refusal, before closing
@@ -123,7 +123,9 @@ class Connection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.active = self.server.now
+        # Only bytes of a request put off the idle close: blank lines between requests start none.
+        if self.in_message:
+            self.active = self.server.now
         if self.lingering:
             self.lingering -= len(data)
             if self.lingering <= 0 and self.transport is not None:
@@ -190,7 +192,7 @@ class Connection(asyncio.Protocol):
         self.size = 0
         self.head_size = 0
         self.in_message = self.in_head = True
-        self.since = self.server.now
+        self.since = self.active = self.server.now
         self.raw = 0
 
     def on_url(self, url: bytes) -> None:
@@ -279,6 +281,7 @@ class Connection(asyncio.Protocol):
                 request.keep_alive = False
                 self.abort()
         self.task = None
+        self.active = self.server.now  # idle from the answer's end
         if self.lost or self.transport is None:
             return
         if not request.keep_alive:

@@ -29,7 +29,7 @@ from tests.http import test_protocol
 from tests.http.test_hostile_clients import _serve_with_fds
 from tests.http.test_protocol import HEALTHZ, answers, connect, settled
 from tests.http.test_server import Wire, request
-from tests.servers import ADMIN_KEY, start_uvicorn, wait_for
+from tests.servers import ADMIN_KEY, start_server, start_uvicorn, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -257,3 +257,28 @@ async def test_a_stream_whose_last_chunk_stalls_is_aborted_once(sim: Sim, caplog
         assert b"data: [DONE]" in transport.out and transport.closed
         assert time.monotonic() - started < 0.9, "held for a second write_stall_s"
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_blank_lines_between_requests_do_not_keep_a_connection_open(sim: Sim) -> None:
+    # A CRLF between requests is skipped by the parser without starting a request, so no head
+    # deadline runs; yet every read put off the idle close. Two bytes every few seconds held a
+    # connection (and one place under max_connections) for ever.
+    app = create_app(
+        parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
+        Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY),
+    )
+    server, thread, port = start_server(app, idle_s=1.0)
+    try:
+        with Wire(port) as wire:
+            wire.sock.settimeout(0.1)
+            started = time.monotonic()
+            closed = False
+            while not closed and time.monotonic() - started < 4.0:
+                with contextlib.suppress(OSError):
+                    wire.send(b"\r\n")
+                time.sleep(0.3)
+                closed = wire.closed_by_server()
+            assert closed and time.monotonic() - started < 3.0
+    finally:
+        server.stop()
+        thread.join(10)
