@@ -46,7 +46,7 @@ class _Pipelined(Exception):
 
 
 class _OldVersion(Exception):
-    """HTTP/0.9, which has no head to carry a status: refused, never answered as if it were 1.x."""
+    """HTTP/0.9 (no head to carry a status) or 2.0 (no text form): refused, never answered as 1.x."""
 
 
 class Host(Protocol):
@@ -212,8 +212,8 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.since = self.server.now  # the body's deadline runs from here
-        if self.parser.get_http_version() == "0.9":
-            raise _OldVersion("HTTP/0.9 is not supported.")
+        if (version := self.parser.get_http_version()) not in ("1.0", "1.1"):
+            raise _OldVersion(f"HTTP/{version} is not supported.")
         max_body = self.server.max_body
         for name, value in self.headers:
             if name == b"content-length" and value.isdigit() and int(value) > max_body:

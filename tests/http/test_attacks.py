@@ -282,3 +282,14 @@ def test_blank_lines_between_requests_do_not_keep_a_connection_open(sim: Sim) ->
     finally:
         server.stop()
         thread.join(10)
+
+
+@pytest.mark.asyncio
+async def test_an_http_2_request_line_is_505(memory_server: Server) -> None:
+    # llhttp parses "HTTP/2.0" as it parses 1.1 (other versions it refuses); it was answered as
+    # HTTP/1.1, 200.
+    conn, transport = connect(memory_server)
+    conn.data_received(b"GET /healthz HTTP/2.0\r\nhost: x\r\n\r\n")
+    await settled(conn)
+    [(status, headers, _)] = answers(transport)
+    assert status == 505 and headers["connection"] == "close"
