@@ -92,7 +92,7 @@ class FastPath:
             except Exception as exc:
                 result = failure(exc, scope["path"])
             if isinstance(result, StreamAnswer):
-                await EventStreamResponse(result)(scope, receive, send)
+                await EventStreamResponse(result, self.entry.write_stall_s)(scope, receive, send)
             elif result is not None:
                 await answer_response(result)(scope, receive, send)
         finally:

@@ -293,3 +293,27 @@ async def test_an_http_2_request_line_is_505(memory_server: Server) -> None:
     await settled(conn)
     [(status, headers, _)] = answers(transport)
     assert status == 505 and headers["connection"] == "close"
+
+
+def test_an_unread_stream_under_uvicorn_is_ended_at_write_stall_s(start_sim_backend: Callable[..., Sim]) -> None:
+    # Under another ASGI server only timeouts.total (600 s by default) ended a stream nobody
+    # read: four such clients held max_concurrency: 4, and the backend's slots, for ten minutes.
+    sim = start_sim_backend("uvwordy", reply="word " * 400)
+    raw = {"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}], "limits": {"write_stall_s": 1.0}}
+    with _uvicorn(raw) as (port, auth), _unread(port) as sock:
+        body = orjson.dumps(
+            {"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 60000, "stream": True}
+        )
+        sock.sendall(request("POST", "/v1/chat/completions", body, auth))
+        started = time.monotonic()
+        assert wait_for(lambda: sim.stats()["cancelled_streams"] == 1, 5.0), "the unread stream was never ended"
+        assert time.monotonic() - started < 4.0
+
+        def rows() -> list[dict[str, Any]]:
+            answer = httpx.get(
+                f"http://127.0.0.1:{port}/admin/v1/usage", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+            )
+            return list(answer.json()["recent"])
+
+        [row] = wait_for(rows)
+        assert row["outcome"] == "client_disconnected" and 0 < row["output_tokens"] < 60000  # billed so far
