@@ -317,3 +317,19 @@ def test_an_unread_stream_under_uvicorn_is_ended_at_write_stall_s(start_sim_back
 
         [row] = wait_for(rows)
         assert row["outcome"] == "client_disconnected" and 0 < row["output_tokens"] < 60000  # billed so far
+
+
+@pytest.mark.asyncio
+async def test_a_head_of_many_empty_headers_is_431(memory_server: Server) -> None:
+    # 64 KB of "a:" lines is 16,000 headers: 1.5 MB held per connection for its head deadline
+    # (24 times the bytes sent), then served. The head's bytes were bounded; its count was not.
+    conn, transport = connect(memory_server)
+    conn.data_received(b"GET /healthz HTTP/1.1\r\n" + b"a:\r\n" * 16000)
+    assert len(conn.headers) <= 101  # the one over the count is refused
+    [(status, headers, body)] = answers(transport)
+    assert status == 431 and headers["connection"] == "close"
+    assert orjson.loads(body)["error"]["message"].endswith("or 100 headers.")
+    served, transport = connect(memory_server)
+    served.data_received(b"GET /healthz HTTP/1.1\r\n" + b"a: 1\r\n" * 99 + b"\r\n")
+    await settled(served)
+    assert [status for status, _, _ in answers(transport)] == [200]
