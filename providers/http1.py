@@ -115,6 +115,11 @@ class Response:
         except zlib.error as exc:
             self.close()
             raise HttpError(f"the backend's compressed body is corrupt: {exc}") from None
+        if self._decoder.unused_data:
+            # zlib keeps what follows the end in unused_data, a copy longer with every read:
+            # unbounded by max_response_bytes (nothing inflates) and quadratic in time.
+            self.close()
+            raise HttpError("the backend sent bytes after its compressed body")
         self._tail = self._decoder.unconsumed_tail
         return out
 

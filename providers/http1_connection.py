@@ -84,7 +84,7 @@ class Connection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # the latter is no HttpParserError
             if self.stray:
                 self._strayed()
                 return

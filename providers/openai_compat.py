@@ -23,6 +23,7 @@ from providers.http1 import HttpError, LocalError, Pool, Response, TooLarge
 _JSON = "application/json"
 _SSE = "text/event-stream"
 _DRAIN_S = 0.05  # how long a finished stream may take to end its body before its connection is dropped
+_DRAIN_BYTES = 64 * 1024  # and how much it may still send: only the body's end is due after [DONE]
 _RESULT = {"chat/completions": "choices", "completions": "choices", "embeddings": "data"}  # a 200's list
 # An error answer is read for its message only: a little of it, briefly.
 _ERROR_BODY_BYTES = 64 * 1024
@@ -163,6 +164,7 @@ class SSEStream:
                     yield payload
                 return
             fresh = False
+            began = loop_time()
             for event in self._split.feed(chunk, self._backend):
                 payload = _data_of(event)
                 if payload is None:
@@ -174,7 +176,12 @@ class SSEStream:
                 yield payload
             if fresh:
                 seen = True
-                due = min(loop_time() + self._idle, self._end)
+                now = loop_time()
+                # The time the consumer held the events (a client reading slowly) was not the
+                # backend's: its total runs on without it, or a slow reader would fail and eject a
+                # healthy backend. The relay's own deadline bounds the client (router.http.events).
+                self._end += now - began
+                due = min(now + self._idle, self._end)
 
     async def _read(self, within: float, seen: bool, due: float) -> bytes:
         if within <= 0:  # bytes kept coming, each in time, and made no event before the deadline
@@ -205,7 +212,7 @@ class SSEStream:
             # A finished stream's connection goes back to the pool once its body's end (the last,
             # empty chunk) is read: a new connection per stream costs about a millisecond.
             try:
-                await self._resp.read(_DRAIN_S)
+                await self._resp.read(_DRAIN_S, limit=_DRAIN_BYTES)
             except (TimeoutError, HttpError):
                 self._resp.close()
             else:
@@ -245,7 +252,7 @@ class _Splitter:
                 break
             events.append(bytes(buf[start:at]))
             start = scan = at + 2
-        if len(buf) - start > self._cap:
+        if len(buf) - start > self._cap + 1:  # + 1: the first of the two line ends may be in already
             raise ProviderError("protocol", f"{backend}: an event larger than {self._cap} bytes (max_event_bytes)")
         if buf is self._buf:
             del self._buf[:start]  # O(1): a bytearray drops its front without moving the rest

@@ -61,7 +61,7 @@ class RequestIdMiddleware:
 
 
 class FastPath:
-    """Inference through ASGI: shed, read the body under the limit, run the gateway while
+    """Inference through ASGI: read the body under the limit, shed, run the gateway while
     watching for the client to leave (which cancels it, and the upstream call), answer."""
 
     def __init__(self, app: ASGIApp, entry: Entry) -> None:
@@ -73,25 +73,35 @@ class FastPath:
         if endpoint is None:
             await self.app(scope, receive, send)
             return
+        # The body is read before a place is taken, as fedrouter's own server does: this server
+        # may set no body deadline, and a client trickling its body must hold no place meanwhile.
+        try:
+            body = await read_body(scope, receive, self.entry.max_body)
+        except Exception as exc:  # too large, or the client left
+            refused = failure(exc, scope["path"])
+            if refused is not None:
+                await answer_response(refused)(scope, receive, send)
+            return
         shedder = self.entry.shedder
         if not shedder.admit():
             await answer_response(REFUSAL)(scope, receive, send)
             return
         try:
             try:
-                result = await self._handle(scope, receive, endpoint)
+                result = await self._handle(scope, receive, endpoint, body)
             except Exception as exc:
                 result = failure(exc, scope["path"])
             if isinstance(result, StreamAnswer):
-                await EventStreamResponse(result)(scope, receive, send)
+                await EventStreamResponse(result, self.entry.write_stall_s)(scope, receive, send)
             elif result is not None:
                 await answer_response(result)(scope, receive, send)
         finally:
             shedder.leave()
 
-    async def _handle(self, scope: Scope, receive: Receive, endpoint: Endpoint) -> Answer | StreamAnswer | None:
+    async def _handle(
+        self, scope: Scope, receive: Receive, endpoint: Endpoint, body: bytes
+    ) -> Answer | StreamAnswer | None:
         """The gateway's answer, or None if the client left first (its work is cancelled then)."""
-        body = await read_body(scope, receive, self.entry.max_body)
         authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
         work = asyncio.ensure_future(
             self.entry.gateway.handle(endpoint, authorization, body, scope["state"]["request_id"])

@@ -1,5 +1,6 @@
 """Relaying a pipeline ``StreamAnswer`` to a client, for both servers: the pump that stops when
-the client leaves, stops reading, or outlasts the backend's ``timeouts.total``, and its ASGI form.
+the client leaves, stops reading (``limits.write_stall_s``), or outlasts the backend's
+``timeouts.total``, and its ASGI form.
 
 Whatever ends the relay, the stream's events are closed and its ``abandon`` runs, so the backend's
 slot, the connection and the budget reservation go back, and the tokens generated so far are
@@ -65,14 +66,22 @@ class EventStreamResponse:
     """A ``StreamAnswer`` as an ASGI app: notices a client leaving even while the upstream is
     silent (it watches ``receive``), and then cancels the relay (and with it the upstream call)."""
 
-    def __init__(self, stream: StreamAnswer) -> None:
+    def __init__(self, stream: StreamAnswer, write_stall_s: float | None = None) -> None:
         self.stream = stream
+        self.write_stall_s = write_stall_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = asyncio.ensure_future(wait_disconnect(receive))
+        stall = self.write_stall_s
 
         async def body(chunk: bytes) -> None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # The server's send waits while the client reads nothing (uvicorn's, for as long as
+            # it takes): the same write deadline as on fedrouter's own server.
+            try:
+                async with asyncio.timeout(stall):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except TimeoutError:
+                raise WriteStalled(f"the client read nothing for {stall:g} s") from None
 
         try:
             try:

@@ -20,15 +20,17 @@ from providers.flow_control import FlowControl, WriteStalled
 from router.errors import BodyTooLarge, GatewayError, InvalidRequest
 from router.http.request import Request
 from router.http.send import whole_answer
-from router.http.shedding import TOO_MANY_CONNECTIONS
+from router.http.shedding import turn_away
 
 _MAX_HEAD = 64 * 1024  # request line and headers; the body has its own, configured, limit
+_MAX_HEADERS = 100  # as Envoy: 64 KB of empty headers would be 16,000 of them, 1.5 MB held
 # After a refusal, what the client still sends is read and dropped this long (and up to this
 # much) before the connection closes: closing on unread bytes sends a reset, which can destroy
 # the refusal before the client has read it.
-_LINGER_S = 2.0
-_LINGER_BYTES = 16 * 1024 * 1024
-_TURN_AWAY_LINGER_S = 0.2  # shorter for a connection over the cap: it holds a file descriptor meanwhile
+_LINGER_S, _LINGER_BYTES = 2.0, 16 * 1024 * 1024
+# Requests queued on one connection: httptools parses a whole read at once, so without a bound
+# one 256 KB read of tiny requests queued 14,500 of them (ten times the bytes in memory).
+_MAX_PIPELINED = 32
 
 
 class _HeadTooLarge(Exception):
@@ -39,8 +41,12 @@ class _BodyTooLarge(Exception):
     """A Content-Length over the limit: refused at once, rather than after the whole body."""
 
 
+class _Pipelined(Exception):
+    """More requests queued on one connection than ``_MAX_PIPELINED``: the rest are refused."""
+
+
 class _OldVersion(Exception):
-    """HTTP/0.9, which has no head to carry a status: refused, never answered as if it were 1.x."""
+    """HTTP/0.9 (no head to carry a status) or 2.0 (no text form): refused, never answered as 1.x."""
 
 
 class Host(Protocol):
@@ -54,6 +60,9 @@ class Host(Protocol):
     def connections(self) -> set[Connection]: ...
     @property
     def max_connections(self) -> int: ...
+
+    turned_away: int  # connections over the cap still lingering (``router.http.shedding.turn_away``)
+
     @property
     def max_body(self) -> int: ...
     @property
@@ -87,7 +96,7 @@ class Connection(asyncio.Protocol):
         self.gone: asyncio.Future[None] = self.loop.create_future()  # resolved when the client leaves
         self.flow = FlowControl(self.loop)
         self.reading = True
-        self.active = server.now  # when the client last sent something, to the second
+        self.active = server.now  # when a request last began, sent a byte or was answered, to the second
         self.head_size = 0
         self.refusal: GatewayError | None = None  # owed once the answers before it are written
         self.lingering = 0  # bytes still to drop after a refusal, before closing
@@ -107,26 +116,16 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a TCP connection's transport is a Transport
         if len(self.server.connections) >= self.server.max_connections:
-            self._turn_away()
+            self.reading = False
+            if turn_away(self.server, transport):  # type: ignore[arg-type]  # as above
+                self.lingering = _LINGER_BYTES  # dropped meanwhile, so that the close resets nothing away
             return
         self.server.connections.add(self)
 
-    def _turn_away(self) -> None:
-        """A connection beyond the cap: 503 at once, then closed, reading (and dropping) what the
-        client sends meanwhile so that the close does not reset the answer away."""
-        transport = self.transport
-        assert transport is not None
-        answer = TOO_MANY_CONNECTIONS
-        line = self.server.status_line(answer.status)
-        transport.write(whole_answer(line, answer.headers, answer.body, keep_alive=False, request_id=None))
-        self.reading = False
-        self.lingering = _LINGER_BYTES
-        if transport.can_write_eof():
-            transport.write_eof()
-        self.loop.call_later(_TURN_AWAY_LINGER_S, transport.close)
-
     def data_received(self, data: bytes) -> None:
-        self.active = self.server.now
+        # Only bytes of a request put off the idle close: blank lines between requests start none.
+        if self.in_message:
+            self.active = self.server.now
         if self.lingering:
             self.lingering -= len(data)
             if self.lingering <= 0 and self.transport is not None:
@@ -160,6 +159,8 @@ class Connection(asyncio.Protocol):
                 self._refuse(_refusal(431, str(cause)))
             elif isinstance(cause, _BodyTooLarge):
                 self._refuse(BodyTooLarge(str(cause)))
+            elif isinstance(cause, _Pipelined):
+                self._refuse(_refusal(503, str(cause), retry=True))
             elif isinstance(cause, _OldVersion):
                 self._refuse(_refusal(505, str(cause)))
             else:
@@ -191,7 +192,7 @@ class Connection(asyncio.Protocol):
         self.size = 0
         self.head_size = 0
         self.in_message = self.in_head = True
-        self.since = self.server.now
+        self.since = self.active = self.server.now
         self.raw = 0
 
     def on_url(self, url: bytes) -> None:
@@ -204,15 +205,15 @@ class Connection(asyncio.Protocol):
 
     def _count_head(self, n: int) -> None:
         self.head_size += n
-        if self.head_size > _MAX_HEAD:
+        if self.head_size > _MAX_HEAD or len(self.headers) > _MAX_HEADERS:
             # Raised through the parser, so data_received refuses the request (status 431).
-            raise _HeadTooLarge(f"The request line and headers exceed {_MAX_HEAD} bytes.")
+            raise _HeadTooLarge(f"The request line and headers exceed {_MAX_HEAD} bytes or {_MAX_HEADERS} headers.")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.since = self.server.now  # the body's deadline runs from here
-        if self.parser.get_http_version() == "0.9":
-            raise _OldVersion("HTTP/0.9 is not supported.")
+        if (version := self.parser.get_http_version()) not in ("1.0", "1.1"):
+            raise _OldVersion(f"HTTP/{version} is not supported.")
         max_body = self.server.max_body
         for name, value in self.headers:
             if name == b"content-length" and value.isdigit() and int(value) > max_body:
@@ -238,6 +239,8 @@ class Connection(asyncio.Protocol):
         self.in_message = self.owe_continue = self.fresh = False
         if self.parser.should_upgrade():
             return  # refused, not served: the parser stops here and data_received refuses it
+        if len(self.pending) >= _MAX_PIPELINED:
+            raise _Pipelined(f"Over {_MAX_PIPELINED} pipelined requests; send the rest on a new connection.")
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.pending.append(
             Request(
@@ -278,6 +281,7 @@ class Connection(asyncio.Protocol):
                 request.keep_alive = False
                 self.abort()
         self.task = None
+        self.active = self.server.now  # idle from the answer's end
         if self.lost or self.transport is None:
             return
         if not request.keep_alive:
@@ -297,6 +301,7 @@ class Connection(asyncio.Protocol):
         """The 100 Continue owed to the request being read, once no answer is owed before it."""
         if self.owe_continue and self.task is None and not self.pending and self.transport is not None:
             self.owe_continue = False
+            self.since = self.server.now  # the body's deadline runs from the invitation
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _oversized(self) -> GatewayError:
@@ -306,15 +311,13 @@ class Connection(asyncio.Protocol):
 
     def late(self, now: float) -> bool:
         """Refuse (408) a request whose head or body is taking longer than the server allows."""
-        if not self.in_message or not self.reading or self.refusal is not None:
-            return False
+        if not self.in_message or not self.reading or self.refusal is not None or self.owe_continue:
+            return False  # (a client may wait for the 100 Continue before sending the body)
         allowed = self.server.head_timeout_s if self.in_head else self.server.body_timeout_s
         if now - self.since <= allowed:
             return False
         part = "headers" if self.in_head else "body"
-        err = _refusal(408, f"The request {part} did not arrive within {allowed:g} s.")
-        err.should_retry = True
-        self._refuse(err)
+        self._refuse(_refusal(408, f"The request {part} did not arrive within {allowed:g} s.", retry=True))
         return True
 
     def _refuse(self, err: GatewayError) -> None:
@@ -390,7 +393,7 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _refusal(status: int, message: str) -> InvalidRequest:
+def _refusal(status: int, message: str, *, retry: bool = False) -> InvalidRequest:
     err = InvalidRequest(message)
-    err.status = status
+    err.status, err.should_retry = status, retry
     return err

@@ -134,8 +134,9 @@ class StreamSend:
         """``body`` as it goes on the wire, after the head if that has not gone yet."""
         out = self.head or b""
         self.head = None
+        self.ended = not more
         if self.request.method == b"HEAD":
-            body = b""
+            return out  # no body, so no chunk framing either: a "0" terminator would be read as the next answer
         if self.chunked:
             if body:
                 out += b"%x\r\n%b\r\n" % (len(body), body)
@@ -143,5 +144,4 @@ class StreamSend:
                 out += b"0\r\n\r\n"
         else:
             out += body
-        self.ended = not more
         return out

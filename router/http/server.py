@@ -43,6 +43,7 @@ class Server:
         self.head_timeout_s: float = limits.head_timeout_s
         self.body_timeout_s: float = limits.body_timeout_s
         self.max_connections: int = connection_cap(limits.max_connections)
+        self.turned_away = 0
         self.grace_s = grace_s
         self.connections: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # the serving loop, set by serve()
@@ -192,7 +193,7 @@ class Server:
             await _end_stream(send, last_event(exc, request.url.decode("latin-1")))
             return
         if relayed:
-            await send.finish()
+            await _end_stream(send, None)  # a client that stops reading now is aborted, as mid-stream
         elif not conn.lost:
             request.keep_alive = False  # it stopped reading, or outlasted its time: the answer is cut short
             conn.abort()

@@ -9,10 +9,22 @@ one shedder per app, held by its inference entry (``router.http.entry``), whiche
 
 from __future__ import annotations
 
+import asyncio
 import math
+from typing import TYPE_CHECKING
 
 from router.errors import error_body
+from router.http.send import whole_answer
 from router.pipeline.answer import Answer
+
+if TYPE_CHECKING:
+    from router.http.protocol import Host
+
+# A connection over the cap lingers this long after its 503, holding a descriptor meanwhile; at
+# most 1/8 of the cap's number linger at once, or a fast flood of connections takes the descriptors
+# the cap keeps for the backends' connections.
+_TURN_AWAY_LINGER_S = 0.2
+_TURN_AWAY_SHARE = 8
 
 _BODY = error_body("The gateway is at capacity; retry shortly.", "server_error", None, "overloaded")
 _HEADERS = [
@@ -47,3 +59,24 @@ class LoadShedder:
 
     def leave(self) -> None:
         self.inflight -= 1
+
+
+def turn_away(server: Host, transport: asyncio.Transport) -> bool:
+    """Answer a connection beyond ``limits.max_connections`` 503 and close it: after a short
+    linger (True; the caller drops what the client sends meanwhile), or at once in a flood."""
+    answer = TOO_MANY_CONNECTIONS
+    line = server.status_line(answer.status)
+    transport.write(whole_answer(line, answer.headers, answer.body, keep_alive=False, request_id=None))
+    if server.turned_away >= max(1, server.max_connections // _TURN_AWAY_SHARE):
+        transport.close()  # the descriptor is worth more than a clean close
+        return False
+    server.turned_away += 1
+    if transport.can_write_eof():
+        transport.write_eof()
+
+    def linger_end() -> None:
+        server.turned_away -= 1
+        transport.close()
+
+    server.loop.call_later(_TURN_AWAY_LINGER_S, linger_end)
+    return True
