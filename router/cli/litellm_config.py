@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from router.cli.import_notes import Notes
@@ -54,9 +54,10 @@ def convert(raw: Any, options: Options, environ: Mapping[str, str] | None = None
         raise ValueError("not a LiteLLM proxy config: it needs a non-empty model_list")
     notes = Notes()
     env = os.environ if environ is None else environ
-    backends = _backends(raw["model_list"], options, notes, env)
+    backends = _backends(raw["model_list"], _Run(options, notes, env))
     if not backends:
-        raise ValueError("no deployment of model_list could be converted (see the notes)")
+        why = "; ".join(f"{where}: {reason}" for where, reason in notes.dropped[:3])
+        raise ValueError(f"no deployment of model_list could be converted ({why})")
     out: Json = {"backends": backends, "tenants": [{"name": options.tenant}]}
     apply_settings(raw, out, notes)
     for key in raw:
@@ -75,41 +76,42 @@ def _top_level(key: str, value: Any, notes: Notes) -> None:
     notes.drop(key, "no equivalent section in fedrouter")
 
 
-def _backends(deployments: list[Any], options: Options, notes: Notes, env: Mapping[str, str]) -> list[Json]:
+@dataclass
+class _Run:
+    """What converting every deployment shares."""
+
+    options: Options
+    notes: Notes
+    env: Mapping[str, str]
+    prices: PriceMap = field(default_factory=PriceMap)
+    taken: set[str] = field(default_factory=set)  # backend names given so far
+
+    def name(self, text: str) -> str:
+        """A unique backend name (``NAME_PATTERN``) from a deployment id or model name."""
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:60] or "backend"
+        name, n = base, 1
+        while name in self.taken:
+            n += 1
+            name = f"{base}-{n}"
+        self.taken.add(name)
+        return name
+
+
+def _backends(deployments: list[Any], run: _Run) -> list[Json]:
     backends: list[Json] = []
-    taken: set[str] = set()
-    prices = PriceMap()
     for i, entry in enumerate(deployments):
         where = f"model_list[{i}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("litellm_params"), dict):
-            notes.drop(where, "not a deployment (it needs model_name and litellm_params)")
+            run.notes.drop(where, "not a deployment (it needs model_name and litellm_params)")
             continue
-        where = f"model_list[{i}] ({entry.get('model_name')})"
-        backend = _deployment(entry, where, options, notes, env, prices)
+        backend = _deployment(entry, f"model_list[{i}] ({entry.get('model_name')})", run)
         if backend is not None:
-            backend["name"] = _unique(backend["name"], taken)
             backends.append(backend)
     return backends
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    base, n = name, 1
-    while name in taken:
-        n += 1
-        name = f"{base[:58]}-{n}"
-    taken.add(name)
-    return name
-
-
-def backend_name(text: str) -> str:
-    """A fedrouter backend name (``NAME_PATTERN``) made from a model name or deployment id."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
-    return slug[:63] or "backend"
-
-
-def _deployment(
-    entry: Json, where: str, options: Options, notes: Notes, env: Mapping[str, str], prices: PriceMap
-) -> Json | None:
+def _deployment(entry: Json, where: str, run: _Run) -> Json | None:
+    notes = run.notes
     public = entry.get("model_name")
     params: Json = dict(entry["litellm_params"])
     model = params.pop("model", None)
@@ -119,38 +121,43 @@ def _deployment(
     if "*" in public or "*" in model:
         notes.drop(where, "wildcard routing: fedrouter serves the models its config names, one by one")
         return None
+    known, base = _api_base(params.pop("api_base", None), f"{where}.litellm_params.api_base", notes, run.env)
+    if not known:
+        return None
     info: Json = dict(entry.get("model_info") or {})
     name = info.get("id") if isinstance(info.get("id"), str) else public
-    backend: Json = {"name": backend_name(str(name)), "class": options.backend_class}
-    provider = params.pop("custom_llm_provider", None) or (model.split("/", 1)[0] if "/" in model else None)
-    base = _api_base(params.pop("api_base", None), f"{where}.litellm_params.api_base", notes, env)
-    if base is False:
-        return None
-    if provider in _OPENAI_SPEAKERS and (base or provider == "openai"):
-        backend.update(type="openai", base_url=base or _OPENAI_URL, models={public: model.split("/", 1)[-1]})
-    else:
-        backend.update(type="litellm", models={public: model})
-        if base:
-            backend["base_url"] = base
+    backend: Json = {"name": run.name(str(name)), "class": run.options.backend_class}
+    backend.update(_kind(model, params.pop("custom_llm_provider", None), public, base))
     _api_key(params.pop("api_key", None), backend, f"{where}.litellm_params.api_key", notes)
     _params(params, backend, f"{where}.litellm_params", notes)
-    for key in ("rpm", "tpm"):
-        if key in entry:
-            notes.drop(f"{where}.{key}", _PER_MINUTE)
     for key in entry:
-        if key not in _DEPLOYMENT_KEYS:
+        if key in ("rpm", "tpm"):
+            notes.drop(f"{where}.{key}", _PER_MINUTE)
+        elif key not in _DEPLOYMENT_KEYS:
             notes.drop(f"{where}.{key}", "no equivalent for a deployment")
-    _model_info(info, backend, f"{where}.model_info", notes, prices)
+    _model_info(info, backend, f"{where}.model_info", notes, run.prices)
     return backend
 
 
-def _api_base(value: Any, where: str, notes: Notes, env: Mapping[str, str]) -> str | bool | None:
-    """The URL, None if not given, False if it cannot be known here (the deployment is left out)."""
+def _kind(model: str, custom: Any, public: str, base: str | None) -> Json:
+    """A provider that speaks OpenAI's API, at a known URL, is served by fedrouter's own client;
+    any other through litellm, with the model named as litellm names it."""
+    provider = str(custom) if custom else (model.split("/", 1)[0] if "/" in model else None)
+    if provider in _OPENAI_SPEAKERS and (base or provider == "openai"):
+        upstream = model.split("/", 1)[1] if model.startswith(f"{provider}/") else model
+        return {"type": "openai", "base_url": base or _OPENAI_URL, "models": {public: upstream}}
+    if custom and not model.startswith(f"{custom}/"):
+        model = f"{custom}/{model}"  # litellm's custom_llm_provider, as the prefix it also reads
+    return {"type": "litellm", "models": {public: model}, **({"base_url": base} if base else {})}
+
+
+def _api_base(value: Any, where: str, notes: Notes, env: Mapping[str, str]) -> tuple[bool, str | None]:
+    """Whether the URL can be known here (if not, the deployment is left out), and the URL."""
     if value is None:
-        return None
+        return True, None
     match = _ENV_REF.match(str(value))
     if match is None:
-        return str(value)
+        return True, str(value)
     resolved = env.get(match.group(1))
     if not resolved:
         notes.drop(
@@ -158,9 +165,9 @@ def _api_base(value: Any, where: str, notes: Notes, env: Mapping[str, str]) -> s
             f"its api_base comes from os.environ/{match.group(1)}, which is not set where the converter ran, "
             "and fedrouter's base_url takes the URL itself: set it and convert again",
         )
-        return False
+        return False, None
     notes.notes.append(f"{where}: os.environ/{match.group(1)} read here, written as the URL it holds")
-    return resolved
+    return True, resolved
 
 
 def env_name(backend: str) -> str:
@@ -198,7 +205,7 @@ def _params(params: Json, backend: Json, where: str, notes: Notes) -> None:
     for key, value in params.items():
         handle = handlers.get(key)
         if handle is not None:
-            handle(value)
+            _number(handle, value, f"{where}.{key}", notes)
         elif key in ("rpm", "tpm"):
             notes.drop(f"{where}.{key}", _PER_MINUTE)
         elif key in _FROM_ENV and not _SECRET_NAMES.search(key):
@@ -212,6 +219,13 @@ def _params(params: Json, backend: Json, where: str, notes: Notes) -> None:
         )
     if timeouts:
         backend["timeouts"] = timeouts
+
+
+def _number(handle: Callable[[Any], None], value: Any, where: str, notes: Notes) -> None:
+    try:
+        handle(value)
+    except (TypeError, ValueError):
+        notes.drop(where, f"{value!r} is not a number")
 
 
 def _from_env(var: str, value: str, where: str, notes: Notes) -> None:

@@ -191,14 +191,20 @@ def apply_settings(raw: Json, out: Json, notes: Notes) -> None:
             continue
         for key, value in values.items():
             handle = _ROUTER.get(key)
-            if handle is not None:
-                handle(s, value, f"{section}.{key}")
-            else:
+            if handle is None:
                 notes.drop(f"{section}.{key}", _REASONS.get(key, "no equivalent in fedrouter"))
+                continue
+            try:
+                handle(s, value, f"{section}.{key}")
+            except (TypeError, ValueError, AttributeError):
+                notes.drop(f"{section}.{key}", f"{value!r} is not of the form LiteLLM documents")
     general = raw.get("general_settings")
     if isinstance(general, dict):
         for key, value in general.items():
-            _general(s, key, value)
+            try:
+                _general(s, key, value)
+            except (TypeError, ValueError):
+                notes.drop(f"general_settings.{key}", "not a number")
     elif general is not None:
         notes.drop("general_settings", "not a mapping")
     _finish(s)

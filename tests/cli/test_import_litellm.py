@@ -15,6 +15,7 @@ import openai
 import pytest
 import yaml
 
+from router.cli.litellm_config import Options, convert
 from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
 
 DATA = Path(__file__).parents[1] / "data" / "litellm"
@@ -218,3 +219,46 @@ def test_rpm_load_balanced_deployments_all_serve_the_one_model(start_sim_backend
         answered = [_ask(client, "llama-3.1-8b") for _ in range(6)]
     assert set(answered) <= {"gpu-node-1", "gpu-node-2", "llama-3.1-8b"}
     assert sum(s.stats()["completed"] for s in sims) == 6
+
+
+# -- the mapping in memory: edge cases ------------------------------------------------------------
+
+
+def test_deployments_of_one_name_get_distinct_backends_and_secret_variables():
+    deployment = {"model_name": "llama", "litellm_params": {"model": "openai/llama", "api_base": "http://a:8000/v1"}}
+    raw = {
+        "model_list": [
+            {**deployment, "litellm_params": {**deployment["litellm_params"], "api_key": "sk-one"}},
+            {**deployment, "litellm_params": {**deployment["litellm_params"], "api_key": "sk-two"}},
+        ]
+    }
+    out, notes = convert(raw, Options(), environ={})
+    assert [(b["name"], b["api_key"]) for b in out["backends"]] == [
+        ("llama", "env:LLAMA_API_KEY"),
+        ("llama-2", "env:LLAMA_2_API_KEY"),
+    ]
+    assert "sk-one" not in repr((out, notes)) and "sk-two" not in repr((out, notes))
+
+
+def test_what_cannot_be_known_or_served_is_listed_never_dropped_silently():
+    raw = {
+        "model_list": [
+            {"model_name": "*", "litellm_params": {"model": "openai/*"}},
+            {"model_name": "az", "litellm_params": {"model": "azure/x", "api_base": "os.environ/AZURE_API_BASE"}},
+            {"model_name": "mistral", "litellm_params": {"model": "mistral-large", "custom_llm_provider": "mistral"}},
+            {"model_name": "slow", "litellm_params": {"model": "openai/slow", "timeout": "soon"}},
+        ],
+        "router_settings": {"num_retries": "many", "fallbacks": [{"slow": ["nowhere"]}]},
+        "mcp_servers": {"wiki": {}},
+    }
+    out, notes = convert(raw, Options(), environ={})
+    assert [b["models"] for b in out["backends"]] == [{"mistral": "mistral/mistral-large"}, {"slow": "slow"}]
+    dropped = dict(notes.dropped)
+    assert "wildcard" in dropped["model_list[0] (*)"]
+    assert "os.environ/AZURE_API_BASE" in dropped["model_list[1] (az)"]
+    assert dropped["model_list[3] (slow).litellm_params.timeout"] == "'soon' is not a number"
+    assert "not of the form" in dropped["router_settings.num_retries"]
+    assert "'nowhere' is not among" in dropped["router_settings.fallbacks[slow]"]
+    assert dropped["mcp_servers"] == "no equivalent section in fedrouter"
+    resolved, _ = convert(raw, Options(), environ={"AZURE_API_BASE": "https://x.openai.azure.com"})
+    assert resolved["backends"][0]["base_url"] == "https://x.openai.azure.com"
