@@ -145,13 +145,22 @@ def _hashes(args: argparse.Namespace) -> list[str]:
 def keys_import(args: argparse.Namespace) -> int:
     """Store keys by the SHA-256 of their secrets, so that clients of another gateway (LiteLLM
     stores exactly this digest) keep their keys. All or nothing: a bad line writes none."""
+    from router.tenancy.tenants import check_key_limits
+
     hashes = _hashes(args)
+    limits = _limits(args)
     store = _store(args)
     try:
         tenants = _tenants(store, args.config)
-        if args.tenant not in tenants:
+        tenant = tenants.get(args.tenant)
+        if tenant is None:
             raise ValueError(f"unknown tenant {args.tenant!r} (tenants: {', '.join(sorted(tenants)) or 'none'})")
-        records = [store.import_hash(args.tenant, h, name=args.name, models=args.model or None) for h in hashes]
+        try:
+            check_key_limits(tenant.limits, limits)
+        except GatewayError as exc:
+            raise ValueError(exc.message) from None
+        models = args.model or None
+        records = [store.import_hash(args.tenant, h, name=args.name, models=models, limits=limits) for h in hashes]
     finally:
         store.close()
     for record in records:
@@ -264,6 +273,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     imp.add_argument("--config", help="the config file declaring the tenant (API tenants need none)")
     imp.add_argument("--name", help="a label for the keys")
     imp.add_argument("--model", action="append", help="a model the keys may use (repeatable; default: all)")
+    _limit_flags(imp)
     imp.set_defaults(func=keys_import)
     listing = keys.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--tenant")

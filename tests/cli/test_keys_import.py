@@ -100,3 +100,16 @@ def test_an_unknown_tenant_or_a_bad_line_imports_nothing(config, tmp_path):
     assert nobody.returncode == 2 and "unknown tenant 'nobody'" in nobody.stderr
     listed = _run("keys", "list", "--ledger", ledger)
     assert listed.returncode == 0 and listed.stdout.strip() == ""
+
+
+def test_an_imported_key_carries_its_model_list_and_limits(config):
+    cfg, ledger = config
+    digest = hashlib.sha256(b"sk-limited").hexdigest()
+    flags = ("--config", str(cfg), "--ledger", ledger)
+    done = _run(
+        "keys", "import", "--tenant", "acme", "--sha256", digest, "--model", "m1", "--rpm", "5", "--name", "ci", *flags
+    )
+    assert done.returncode == 0, done.stderr
+    listed = _run("keys", "list", "--ledger", ledger).stdout
+    assert "name ci" in listed and "models m1" in listed and "limits requests_per_minute=5" in listed
+    assert digest not in listed
