@@ -16,6 +16,7 @@ TENANTS = [
     {"name": "acme", "allow_volunteer": True},
     {"name": "other"},  # no volunteers
     {"name": "thrifty", "allow_volunteer": True, "policy": {"max_price": {"prompt": 0.5}}},
+    {"name": "french", "allow_volunteer": True, "policy": {"zones": ["FR"]}},
 ]
 
 
@@ -78,6 +79,13 @@ def test_classes_zones_and_prices_are_those_the_tenant_may_use(gw):
     assert thrifty["classes"] == ["volunteer"]
     assert thrifty["pricing"] == {"prompt": "0.0000001", "completion": "0.0000003"}
     assert (other["context_length"], acme["context_length"], thrifty["context_length"]) == (8192, 8192, 4096)
+
+
+def test_zones_are_those_of_the_tenant_policy(gw):
+    models = _models(gw, "french")  # volunteers allowed, but only in FR: the volunteer is in DE
+    assert sorted(models) == ["embed-1", "m1"]
+    assert (models["m1"]["classes"], models["m1"]["zones"]) == (["datacenter"], ["FR"])
+    assert (models["embed-1"]["classes"], models["embed-1"]["zones"]) == (["sovereign"], ["FR"])
 
 
 def test_energy_and_carbon_per_1k_tokens(gw):
