@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from router.api import catalogue
 from router.api.deps import GatewayDep
 from router.errors import ModelNotFound
 from router.pipeline.gateway import Gateway
@@ -36,29 +37,29 @@ for _path in ("/chat/completions", "/completions", "/embeddings"):
     router.add_api_route(_path, _served_ahead, methods=["POST"])
 
 
-def _model_object(model: str, classes: list[str], created: int) -> dict[str, object]:
-    return {"id": model, "object": "model", "created": created, "owned_by": "fedrouter:" + "+".join(classes)}
-
-
-def _visible(gateway: Gateway, tenant: Tenant) -> dict[str, list[str]]:
-    return {
-        m: sorted({i.backend_class for i in infos})
-        for m, infos in gateway.planner.models_for(tenant).items()
-        if gateway.tenancy.may_use(tenant, m)
-    }  # the key's model allow-list
+def _catalogue(gateway: Gateway, tenant: Tenant, created: int) -> dict[str, dict[str, object]]:
+    """The caller's models, each as the catalogue lists it: only those the key may use, each
+    with the backends the tenant's policy lets serve it (see router.api.catalogue)."""
+    cons = gateway.planner.constraints(tenant)
+    out: dict[str, dict[str, object]] = {}
+    for model, profiles in sorted(gateway.planner.models_for(tenant).items()):
+        kept = catalogue.usable(profiles, cons)
+        if kept and gateway.tenancy.may_use(tenant, model):  # the key's model allow-list
+            # The energy the router would estimate now: measured where the backend reports power.
+            estimates = [gateway.planner.energy.estimate(p, gateway.stats.view(p.info.name, model)) for p in kept]
+            out[model] = catalogue.model_entry(model, kept, estimates, created)
+    return out
 
 
 @router.get("/models")
 async def list_models(request: Request, gateway: GatewayDep, tenant: TenantDep) -> Response:
-    created = int(request.app.state.started)
-    data = [_model_object(m, c, created) for m, c in sorted(_visible(gateway, tenant).items())]
+    data = list(_catalogue(gateway, tenant, int(request.app.state.started)).values())
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 @router.get("/models/{model:path}")
 async def retrieve_model(model: str, request: Request, gateway: GatewayDep, tenant: TenantDep) -> Response:
-    classes = _visible(gateway, tenant).get(model)
-    if classes is None:
+    body = _catalogue(gateway, tenant, int(getattr(request.app.state, "started", time.time()))).get(model)
+    if body is None:
         raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
-    body = _model_object(model, classes, int(getattr(request.app.state, "started", time.time())))
     return Response(orjson.dumps(body), media_type="application/json")

@@ -1,4 +1,4 @@
-"""The `fedrouter` command: serve, demo, keys, usage, export, payouts, check-config, local-model."""
+"""The `fedrouter` command: serve, demo, keys, usage, export, payouts, import, check-config, local-model."""
 
 from __future__ import annotations
 
@@ -276,6 +276,10 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--ledger", help="ledger URL (default sqlite:///fedrouter.db or $FEDROUTER_LEDGER)")
         cmd.add_argument("--output", help="file to write (default: stdout)")
         cmd.set_defaults(func=func)
+
+    from router.cli.importer import add_parser as add_import
+
+    add_import(sub)  # import litellm
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("config")

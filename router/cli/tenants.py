@@ -9,8 +9,11 @@ and nothing is written.
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -120,6 +123,54 @@ def keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sha256(value: str, where: str) -> str:
+    # The value is not echoed: a plaintext key given by mistake must not reach a terminal or a log.
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError(f"{where}: not a SHA-256 hash (expected 64 hexadecimal digits, got {len(value)} characters)")
+    return value
+
+
+def _hashes(args: argparse.Namespace) -> list[str]:
+    """The hashes given by --sha256 and --file (one a line; blank lines and # comments skipped)."""
+    hashes = [_sha256(h, "--sha256") for h in args.sha256 or ()]
+    if args.file:
+        for n, line in enumerate(Path(args.file).read_text().splitlines(), 1):
+            if value := line.split("#", 1)[0].strip():
+                hashes.append(_sha256(value, f"{args.file}:{n}"))
+    if not hashes:
+        raise ValueError("give --sha256 HEX or --file FILE (one SHA-256 hash a line)")
+    return hashes
+
+
+def keys_import(args: argparse.Namespace) -> int:
+    """Store keys by the SHA-256 of their secrets, so that clients of another gateway (LiteLLM
+    stores exactly this digest) keep their keys. All or nothing: a bad line writes none."""
+    from router.tenancy.tenants import check_key_limits
+
+    hashes = _hashes(args)
+    limits = _limits(args)
+    store = _store(args)
+    try:
+        tenants = _tenants(store, args.config)
+        tenant = tenants.get(args.tenant)
+        if tenant is None:
+            raise ValueError(f"unknown tenant {args.tenant!r} (tenants: {', '.join(sorted(tenants)) or 'none'})")
+        try:
+            check_key_limits(tenant.limits, limits)
+        except GatewayError as exc:
+            raise ValueError(exc.message) from None
+        models = args.model or None
+        records = [store.import_hash(args.tenant, h, name=args.name, models=models, limits=limits) for h in hashes]
+    finally:
+        store.close()
+    for record in records:
+        if record is not None:
+            print(f"Imported {record.key_id} for tenant {record.tenant}.")
+    if skipped := sum(r is None for r in records):
+        print(f"{skipped} hash(es) already stored: skipped.", file=sys.stderr)
+    return 0
+
+
 def keys_list(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
@@ -215,6 +266,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     create.add_argument("--model", action="append", help="a model the key may use (repeatable; default: all)")
     _limit_flags(create)
     create.set_defaults(func=keys_create)
+    imp = keys.add_parser("import", help="store existing keys by their SHA-256 hash (clients keep their keys)")
+    imp.add_argument("--tenant", required=True)
+    imp.add_argument("--sha256", action="append", help="the hex SHA-256 of a key's secret (repeatable)")
+    imp.add_argument("--file", help="a file of hex SHA-256 hashes, one a line")
+    imp.add_argument("--config", help="the config file declaring the tenant (API tenants need none)")
+    imp.add_argument("--name", help="a label for the keys")
+    imp.add_argument("--model", action="append", help="a model the keys may use (repeatable; default: all)")
+    _limit_flags(imp)
+    imp.set_defaults(func=keys_import)
     listing = keys.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--tenant")
     listing.set_defaults(func=keys_list)
@@ -238,7 +298,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     tcreate.add_argument("--budget", action="append", help="METRIC:PERIOD:HARD[:SOFT], e.g. usd:monthly:100:80")
     _limit_flags(tcreate)
     tcreate.set_defaults(func=tenants_create)
-    for cmd in (create, listing, revoke, rotate, tlist, tcreate):
+    for cmd in (create, imp, listing, revoke, rotate, tlist, tcreate):
         cmd.add_argument("--ledger", help="ledger URL whose SQLite file holds the keys (default $FEDROUTER_LEDGER)")
 
 

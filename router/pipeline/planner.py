@@ -127,12 +127,12 @@ class Planner:
 
     # ---- per request ------------------------------------------------------------------------
 
-    def models_for(self, tenant: Tenant) -> dict[str, list[BackendInfo]]:
-        """Every model the tenant may use, with the backends that may serve it to them."""
+    def models_for(self, tenant: Tenant) -> dict[str, list[Profile]]:
+        """Every model the tenant may use, with the profiles of the backends that may serve it to them."""
         cons = self._policy(tenant).cons
-        out: dict[str, list[BackendInfo]] = {}
+        out: dict[str, list[Profile]] = {}
         for model in self._by_model:
-            usable = [p.info for p in self._reach(model, cons, full=False).group.profiles]
+            usable = list(self._reach(model, cons, full=False).group.profiles)
             if usable:
                 out[model] = usable
         return out

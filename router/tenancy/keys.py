@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 import sqlite3
 import time
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS tenants (
 _ADDED = {"name": "TEXT", "expires_at": "REAL", "models": "TEXT", "limits": "TEXT"}
 _FIELDS = "key_id, tenant, name, created, expires_at, revoked, models, limits"
 _CACHE_MAX = 100_000  # lookups held of each kind, known keys and unknown ones (see key_cache)
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,37 @@ class KeyStore:
         )
         self._insert(digest(key), record)
         return key, record
+
+    def import_hash(
+        self,
+        tenant: str,
+        key_hash: str,
+        *,
+        name: str | None = None,
+        models: Iterable[str] | None = None,
+        limits: RateLimits | None = None,
+    ) -> KeyRecord | None:
+        """A key known only by the SHA-256 of its secret (hex), as another gateway stored it, so
+        that its clients move without new keys: lookups digest a presented key the same way. None
+        if a key with that hash is stored already."""
+        if not _SHA256_HEX.match(key_hash):
+            # Not echoed: a plaintext key given by mistake must not reach a terminal or a log.
+            raise ValueError(f"not a SHA-256 hash: expected 64 hexadecimal digits, got {len(key_hash)} characters")
+        key_hash = key_hash.lower()  # as hexdigest() writes it
+        if self._conn.execute("SELECT 1 FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone():
+            return None
+        record = KeyRecord(
+            "key_" + secrets.token_hex(6),
+            tenant,
+            name,
+            time.time(),
+            None,
+            None,
+            None if models is None else frozenset(models),
+            limits,
+        )
+        self._insert(key_hash, record)
+        return record
 
     def _insert(self, key_hash: str, r: KeyRecord) -> None:
         self._conn.execute(
