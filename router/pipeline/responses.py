@@ -113,7 +113,7 @@ def to_chat(payload: dict[str, Any]) -> dict[str, Any]:
     for name, needs_state in _STATEFUL.items():
         if needs_state(payload.get(name)):
             raise InvalidRequest(
-                f"'{name}' needs response state kept by the server, and this gateway keeps none: "
+                f"'{name}' needs state kept by the server, and this gateway keeps no response state: "
                 "send the whole conversation in 'input' instead (and 'store': false).",
                 param=name,
                 code="unsupported_parameter",

@@ -53,7 +53,7 @@ class Echo:
         error: dict[str, Any] | None = None,
         incomplete: bool = False,
     ) -> dict[str, Any]:
-        return {
+        response = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
@@ -62,9 +62,11 @@ class Echo:
             "error": error,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "output": output,
-            "usage": usage,
             **self.fields,
         }
+        if usage is not None:  # the schema has no null usage: absent until it is known
+            response["usage"] = usage
+        return response
 
 
 def _tool_echo(tool: dict[str, Any]) -> dict[str, Any]:
