@@ -63,13 +63,13 @@ class ResponseEvents:
                 if out:
                     yield out
             if not self._ended:  # the chat stream ended without its end: not a whole answer
-                yield self._failed("The stream ended before the response was complete.")
+                yield self.feed(b"") + self._failed("The stream ended before the response was complete.")
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error relaying a Responses stream")
-            if self._started and not self._ended:
-                yield self._failed("The server had an error while processing your request.")
+            if not self._ended:  # the stream has begun (its head is out): it still ends as one
+                yield self.feed(b"") + self._failed("The server had an error while processing your request.")
         finally:
             await frames.aclose()
 
