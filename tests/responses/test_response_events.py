@@ -13,8 +13,7 @@ import orjson
 from router.pipeline.responses_output import Echo
 from router.pipeline.responses_stream import ResponseEvents
 from router.pipeline.streaming import DONE, frame
-from tests.openai_schema import validate
-from tests.responses.test_responses import EVENT_SCHEMAS
+from tests.openai_schema import validate_response_event
 
 USAGE = {
     "prompt_tokens": 7,
@@ -55,7 +54,7 @@ def parse(raw: bytes) -> list[dict[str, Any]]:
             name, data = block.split("\n")
             event = json.loads(data.removeprefix("data: "))
             assert name == "event: " + event["type"]
-            validate(event, EVENT_SCHEMAS[event["type"]])
+            validate_response_event(event)
             events.append(event)
     return events
 

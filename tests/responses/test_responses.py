@@ -13,25 +13,9 @@ import pytest
 from pydantic import BaseModel
 
 from tests.conftest import backend_entry
-from tests.openai_schema import validate
+from tests.openai_schema import validate, validate_response_event
 from tests.servers import uvicorn_gateway
 
-# The schema of each event type the gateway sends, in OpenAI's description.
-EVENT_SCHEMAS = {
-    "response.created": "ResponseCreatedEvent",
-    "response.in_progress": "ResponseInProgressEvent",
-    "response.output_item.added": "ResponseOutputItemAddedEvent",
-    "response.output_item.done": "ResponseOutputItemDoneEvent",
-    "response.content_part.added": "ResponseContentPartAddedEvent",
-    "response.content_part.done": "ResponseContentPartDoneEvent",
-    "response.output_text.delta": "ResponseTextDeltaEvent",
-    "response.output_text.done": "ResponseTextDoneEvent",
-    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
-    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
-    "response.completed": "ResponseCompletedEvent",
-    "response.incomplete": "ResponseIncompleteEvent",
-    "response.failed": "ResponseFailedEvent",
-}
 REPLY = "The quick brown fox jumps over the lazy dog."
 TOOL = {
     "type": "function",
@@ -67,8 +51,7 @@ def stream_events(url: str, key: str, body: dict[str, Any]) -> list[dict[str, An
             elif line.startswith("data: "):
                 event = json.loads(line.removeprefix("data: "))
                 assert event["type"] == name
-                validate(event, EVENT_SCHEMAS[event["type"]])
-                validate(event, "ResponseStreamEvent")
+                validate_response_event(event)
                 events.append(event)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     return events
