@@ -126,7 +126,9 @@ def from_chat(data: dict[str, Any], echo: Echo) -> dict[str, Any]:
     """The Response for a (non-streamed) chat completion: its first choice's message and calls."""
     choices = data.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        message = {}
     cut = choice.get("finish_reason") == _LENGTH
     status = "incomplete" if cut else "completed"
     output: list[dict[str, Any]] = []
@@ -134,6 +136,8 @@ def from_chat(data: dict[str, Any], echo: Echo) -> dict[str, Any]:
     if text or refusal or not message.get("tool_calls"):
         output.append(message_item(echo.item_id("msg", 0), text or "", status, refusal))
     for call in message.get("tool_calls") or []:
+        if not isinstance(call, dict):
+            continue
         fn = call.get("function") or {}
         item_id = echo.item_id("fc", len(output))
         call_id = call.get("id") or item_id
