@@ -41,3 +41,29 @@ def validate(instance: Any, schema_name: str) -> None:
         {"$ref": f"{_URI}#/components/schemas/{schema_name}"}, registry=_registry()
     )
     validator.validate(instance)
+
+
+# The schema of each Responses stream event type, by its ``type``.
+RESPONSE_EVENT_SCHEMAS = {
+    "response.created": "ResponseCreatedEvent",
+    "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent",
+    "response.output_text.done": "ResponseTextDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.completed": "ResponseCompletedEvent",
+    "response.incomplete": "ResponseIncompleteEvent",
+    "response.failed": "ResponseFailedEvent",
+    "error": "ResponseErrorEvent",
+}
+
+
+def validate_response_event(event: Any) -> None:
+    """Raise unless ``event`` is a Responses stream event: its own type's schema (whose errors say
+    more than the union's), and ResponseStreamEvent, the union every event must belong to."""
+    validate(event, RESPONSE_EVENT_SCHEMAS[event["type"]])
+    validate(event, "ResponseStreamEvent")

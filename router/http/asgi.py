@@ -17,13 +17,13 @@ from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from providers.base import Endpoint
 from router.errors import GatewayError
 from router.http.body import read_body
 from router.http.entry import Entry, RequestIds, error_answer, failure, inference_route
 from router.http.events import EventStreamResponse, wait_disconnect
 from router.http.shedding import REFUSAL
 from router.pipeline.answer import Answer, StreamAnswer
+from router.pipeline.responses import Route
 
 
 def error_response(err: GatewayError) -> Response:
@@ -99,7 +99,7 @@ class FastPath:
             shedder.leave()
 
     async def _handle(
-        self, scope: Scope, receive: Receive, endpoint: Endpoint, body: bytes
+        self, scope: Scope, receive: Receive, endpoint: Route, body: bytes
     ) -> Answer | StreamAnswer | None:
         """The gateway's answer, or None if the client left first (its work is cancelled then)."""
         authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)

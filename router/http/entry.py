@@ -13,19 +13,20 @@ import logging
 import secrets
 from urllib.parse import unquote
 
-from providers.base import Endpoint
 from router.errors import GatewayError, error_body
 from router.http.shedding import LoadShedder
 from router.pipeline.answer import JSON_HEADERS, Answer
 from router.pipeline.gateway import Gateway
+from router.pipeline.responses import Route
 from router.pipeline.streaming import frame
 
 log = logging.getLogger("fedrouter")
 
-INFERENCE_ROUTES: dict[str, Endpoint] = {
+INFERENCE_ROUTES: dict[str, Route] = {
     "/v1/chat/completions": "chat/completions",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
 }
 
 _POST = frozenset(("POST", b"POST"))  # an ASGI method, or the parser's
@@ -44,7 +45,7 @@ def decoded_path(raw: bytes) -> str:
     return unquote(path) if "%" in path else path
 
 
-def inference_route(method: str | bytes, path: str) -> Endpoint | None:
+def inference_route(method: str | bytes, path: str) -> Route | None:
     """The endpoint a request is for if it is an inference call, on its decoded path."""
     if method not in _POST:
         return None

@@ -15,7 +15,6 @@ import socket
 from collections.abc import Callable
 from email.utils import formatdate
 
-from providers.base import Endpoint
 from router.http.asgi import GatewayApp
 from router.http.bridge import run_asgi
 from router.http.entry import Entry, decoded_path, failure, inference_route, last_event
@@ -25,6 +24,7 @@ from router.http.request import Request
 from router.http.send import StatusLines, StreamSend
 from router.http.shedding import REFUSAL
 from router.pipeline.answer import Answer, StreamAnswer
+from router.pipeline.responses import Route
 
 log = logging.getLogger("fedrouter")
 
@@ -138,7 +138,7 @@ class Server:
             shedder.leave()
 
     async def _inference(
-        self, conn: Connection, request: Request, endpoint: Endpoint, request_id: str, rid: bytes
+        self, conn: Connection, request: Request, endpoint: Route, request_id: str, rid: bytes
     ) -> None:
         send = StreamSend(conn, request, rid)
         # A client that leaves before its answer cancels it (connection_lost), and with it the

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from policies.base import Scored
-from providers.base import Endpoint, Provider, UpstreamResponse
+from providers.base import Provider, UpstreamResponse
 from router.errors import GatewayError, InvalidRequest
 from router.fleet.backend_stats import StatsBook
 from router.ledger.base import Ledger, Outcome, UsageRecord, done_future
@@ -21,6 +21,7 @@ from router.pipeline.metering import RequestContext, billed_tokens, build_record
 from router.pipeline.overrides import parse as parse_overrides
 from router.pipeline.parsed import Parsed, allowed, capped, check, retarget
 from router.pipeline.planner import Planner
+from router.pipeline.responses import Route, respond
 from router.pipeline.streaming import EarlyWrite, StreamRelay, stream_headers
 from router.pipeline.tokens import TokenCounter
 from router.tenancy.admission.base import Admission, Ticket, demand, needs_output_cap
@@ -70,7 +71,7 @@ class Gateway:
 
     async def handle(
         self,
-        endpoint: Endpoint,
+        endpoint: Route,
         authorization: str | None,
         body: bytes,
         request_id: str,
@@ -79,7 +80,10 @@ class Gateway:
         """One inference request whose body has been read (within ``max_body_bytes``). With
         ``early``, a stream's head and first event are written through it the moment that event
         is in; the StreamAnswer returned then relays the rest, and an error raised after that is
-        the edge's to end the stream with."""
+        the edge's to end the stream with. A Responses request is translated to the chat request
+        it stands for and comes back through here as that."""
+        if endpoint == "responses":
+            return await respond(self, authorization, body, request_id, early)
         received = time.time()
         started = time.perf_counter()
         try:
