@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from router.errors import error_body
 from router.http.send import whole_answer
 from router.pipeline.answer import Answer
 
-if TYPE_CHECKING:
-    from router.http.protocol import Host
+
+class Turning(Protocol):
+    """What turning a connection away needs of its server (``router.http.protocol.Host`` has it)."""
+
+    turned_away: int  # connections over the cap still lingering
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def max_connections(self) -> int: ...
+    def status_line(self, status: int) -> bytes: ...
+
 
 # A connection over the cap lingers this long after its 503, holding a descriptor meanwhile; at
 # most 1/8 of the cap's number linger at once, or a fast flood of connections takes the descriptors
@@ -61,7 +71,7 @@ class LoadShedder:
         self.inflight -= 1
 
 
-def turn_away(server: Host, transport: asyncio.Transport) -> bool:
+def turn_away(server: Turning, transport: asyncio.Transport) -> bool:
     """Answer a connection beyond ``limits.max_connections`` 503 and close it: after a short
     linger (True; the caller drops what the client sends meanwhile), or at once in a flood."""
     answer = TOO_MANY_CONNECTIONS
