@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from router.cli.litellm_config import Options, convert
-from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
+from tests.processes import free_port, run, spawn, wait_ready
 
 DATA = Path(__file__).parents[1] / "data" / "litellm"
 CONFIGS = ["azure_openai_anthropic.yaml", "fallbacks.yaml", "rpm_load_balancing.yaml"]
@@ -43,7 +43,7 @@ SECRETS = (
 
 def _convert(path: Path, tmp_path: Path, *flags: str) -> tuple[dict[str, Any], str, Path]:
     out = tmp_path / "fedrouter.yaml"
-    done = _run("import", "litellm", str(path), "--output", str(out), *flags)
+    done = run("import", "litellm", str(path), "--output", str(out), *flags)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     return yaml.safe_load(out.read_text()), done.stderr, out
@@ -61,10 +61,10 @@ def _not_carried(stderr: str) -> dict[str, str]:
 @pytest.mark.parametrize("name", CONFIGS)
 def test_each_config_converts_and_passes_check_config(name, tmp_path):
     config, _, out = _convert(DATA / name, tmp_path)
-    checked = _run("check-config", str(out), env=ENV)
+    checked = run("check-config", str(out), env=ENV)
     assert checked.returncode == 0, checked.stderr
     assert f"ok ({len(config['backends'])} backends, 1 tenant)" in checked.stdout
-    printed = _run("import", "litellm", str(DATA / name))  # without --output: the same, on stdout
+    printed = run("import", "litellm", str(DATA / name))  # without --output: the same, on stdout
     assert printed.returncode == 0 and yaml.safe_load(printed.stdout) == config
     assert all(b["class"] == "datacenter" for b in config["backends"])
 
@@ -122,7 +122,7 @@ def test_fallbacks_and_reliability_settings(tmp_path):
 
 def test_a_literal_secret_becomes_an_env_reference_and_is_never_written(tmp_path):
     config, stderr, out = _convert(DATA / "rpm_load_balancing.yaml", tmp_path)
-    printed = _run("import", "litellm", str(DATA / "rpm_load_balancing.yaml"))
+    printed = run("import", "litellm", str(DATA / "rpm_load_balancing.yaml"))
     for secret in SECRETS:
         assert secret not in out.read_text() and secret not in stderr and secret not in printed.stdout
     b = {backend["name"]: backend for backend in config["backends"]}
@@ -144,7 +144,7 @@ def test_the_class_flag_and_bad_input(tmp_path):
         ("general_settings: {}", "needs a non-empty model_list"),
     ):
         bad.write_text(text)
-        done = _run("import", "litellm", str(bad))
+        done = run("import", "litellm", str(bad))
         assert done.returncode == 2 and fragment in done.stderr and len(done.stderr.splitlines()) == 1
         assert done.stdout == ""
 
@@ -169,11 +169,11 @@ def _gateway(litellm_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv(name, value)
     _, _, out = _convert(litellm_config, tmp_path)
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
-    created = _run("keys", "create", "--tenant", "default", "--config", str(out), "--ledger", ledger)
+    created = run("keys", "create", "--tenant", "default", "--config", str(out), "--ledger", ledger)
     assert created.returncode == 0, created.stderr
-    port = _free_port()
-    with _spawn("serve", "--config", str(out), "--port", str(port), "--ledger", ledger) as proc:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
+    port = free_port()
+    with spawn("serve", "--config", str(out), "--port", str(port), "--ledger", ledger) as proc:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
         key = created.stdout.strip().splitlines()[-1]
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0) as client:
             yield client

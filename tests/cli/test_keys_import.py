@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.cli.test_cli import _free_port, _run, _spawn, _wait_ready
+from tests.processes import free_port, run, spawn, wait_ready
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_an_imported_hash_authenticates_its_plaintext_through_the_gateway(config
         f"# exported from LiteLLM_VerificationToken.token\n\n{hashlib.sha256(other.encode()).hexdigest()}\n"
     )
     given = hashlib.sha256(plain.encode()).hexdigest().upper()  # case does not matter
-    done = _run(
+    done = run(
         "keys",
         "import",
         "--tenant",
@@ -56,12 +56,12 @@ def test_an_imported_hash_authenticates_its_plaintext_through_the_gateway(config
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("Imported key_") == 2
-    again = _run("keys", "import", "--tenant", "acme", "--sha256", given, "--config", str(cfg), "--ledger", ledger)
+    again = run("keys", "import", "--tenant", "acme", "--sha256", given, "--config", str(cfg), "--ledger", ledger)
     assert again.returncode == 0 and "1 hash(es) already stored" in again.stderr
 
-    port = _free_port()
-    with _spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+    port = free_port()
+    with spawn("serve", "--config", str(cfg), "--port", str(port), "--ledger", ledger) as proc:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
         for key in (plain, other):
             with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0) as client:
                 reply = client.chat.completions.create(
@@ -84,7 +84,7 @@ def test_an_imported_hash_authenticates_its_plaintext_through_the_gateway(config
 )
 def test_bad_input_is_one_line_names_the_flag_and_never_echoes_a_secret(config, args, fragment):
     cfg, ledger = config
-    done = _run("keys", "import", "--tenant", "acme", *args, "--config", str(cfg), "--ledger", ledger)
+    done = run("keys", "import", "--tenant", "acme", *args, "--config", str(cfg), "--ledger", ledger)
     assert done.returncode == 2 and fragment in done.stderr
     assert "sk-not-a-hash" not in done.stderr
 
@@ -94,11 +94,11 @@ def test_an_unknown_tenant_or_a_bad_line_imports_nothing(config, tmp_path):
     good = hashlib.sha256(b"sk-good").hexdigest()
     bad = tmp_path / "hashes.txt"
     bad.write_text(f"{good}\nnot-a-hash\n")
-    done = _run("keys", "import", "--tenant", "acme", "--file", str(bad), "--config", str(cfg), "--ledger", ledger)
+    done = run("keys", "import", "--tenant", "acme", "--file", str(bad), "--config", str(cfg), "--ledger", ledger)
     assert done.returncode == 2 and f"{bad}:2: not a SHA-256 hash" in done.stderr
-    nobody = _run("keys", "import", "--tenant", "nobody", "--sha256", good, "--config", str(cfg), "--ledger", ledger)
+    nobody = run("keys", "import", "--tenant", "nobody", "--sha256", good, "--config", str(cfg), "--ledger", ledger)
     assert nobody.returncode == 2 and "unknown tenant 'nobody'" in nobody.stderr
-    listed = _run("keys", "list", "--ledger", ledger)
+    listed = run("keys", "list", "--ledger", ledger)
     assert listed.returncode == 0 and listed.stdout.strip() == ""
 
 
@@ -106,10 +106,10 @@ def test_an_imported_key_carries_its_model_list_and_limits(config):
     cfg, ledger = config
     digest = hashlib.sha256(b"sk-limited").hexdigest()
     flags = ("--config", str(cfg), "--ledger", ledger)
-    done = _run(
+    done = run(
         "keys", "import", "--tenant", "acme", "--sha256", digest, "--model", "m1", "--rpm", "5", "--name", "ci", *flags
     )
     assert done.returncode == 0, done.stderr
-    listed = _run("keys", "list", "--ledger", ledger).stdout
+    listed = run("keys", "list", "--ledger", ledger).stdout
     assert "name ci" in listed and "models m1" in listed and "limits requests_per_minute=5" in listed
     assert digest not in listed

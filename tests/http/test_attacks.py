@@ -23,13 +23,13 @@ from router.config import parse_config
 from router.http.protocol import Connection
 from router.http.server import Server
 from router.settings import Settings
-from tests.cli.test_cli import _free_port, _run, _wait_ready
 from tests.conftest import Gateway, Sim, backend_entry
 from tests.http import test_protocol
 from tests.http.test_hostile_clients import _serve_with_fds
 from tests.http.test_protocol import HEALTHZ, answers, connect, settled
 from tests.http.test_server import Wire, request
-from tests.servers import ADMIN_KEY, start_server, start_uvicorn, wait_for
+from tests.processes import free_port, run, wait_ready
+from tests.servers import ADMIN_KEY, serve_app, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -103,12 +103,8 @@ def _uvicorn(raw: dict[str, Any]) -> Iterator[tuple[int, dict[str, str]]]:
     """The app for ``raw`` under uvicorn; yields its port and the authorization of tenant acme."""
     app = create_app(parse_config(raw), Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY, key_cache_s=0))
     key = app.state.keys.create("acme")[0]
-    server, thread, port = start_uvicorn(app)
-    try:
-        yield port, {"authorization": f"Bearer {key}"}
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_app(app, "uvicorn") as served:
+        yield served.port, {"authorization": f"Bearer {key}"}
 
 
 def test_a_trickled_body_under_uvicorn_holds_no_inference_place(sim: Sim) -> None:
@@ -132,7 +128,7 @@ def fd_config(sim: Sim, tmp_path: Path) -> tuple[Path, str, str]:
         " price: {input: 1.0, output: 2.0}}\ntenants:\n  - name: acme\n  - name: other\n"
     )
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
-    created = _run("keys", "create", "--tenant", "other", "--config", str(cfg), "--ledger", ledger)
+    created = run("keys", "create", "--tenant", "other", "--config", str(cfg), "--ledger", ledger)
     assert created.returncode == 0, created.stderr
     return cfg, ledger, created.stdout.split()[-1]
 
@@ -144,12 +140,12 @@ def test_a_fast_flood_beyond_the_cap_leaves_descriptors_for_the_backends(fd_conf
     # 503, and together they took the descriptors the cap keeps for the backends, so requests on
     # connections already accepted failed with EMFILE on the upstream connect (503).
     cfg, ledger, key = fd_config
-    port = _free_port()
+    port = free_port()
     auth = {"authorization": f"Bearer {key}"}
     body = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
     ask = request("POST", "/v1/chat/completions", body, auth)
     with _serve_with_fds(cfg, ledger, port, 256) as proc:
-        _wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+        wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
         wires = [Wire(port) for _ in range(8)]
         stop = threading.Event()
         flood: list[socket.socket] = []
@@ -267,7 +263,8 @@ def test_blank_lines_between_requests_do_not_keep_a_connection_open(sim: Sim) ->
         parse_config({"backends": [backend_entry(sim)], "tenants": [{"name": "acme"}]}),
         Settings(ledger="sqlite:///:memory:", admin_key=ADMIN_KEY),
     )
-    server, thread, port = start_server(app, idle_s=1.0)
+    served = serve_app(app, idle_s=1.0)
+    port = served.port
     try:
         with Wire(port) as wire:
             wire.sock.settimeout(0.1)
@@ -280,8 +277,7 @@ def test_blank_lines_between_requests_do_not_keep_a_connection_open(sim: Sim) ->
                 closed = wire.closed_by_server()
             assert closed and time.monotonic() - started < 3.0
     finally:
-        server.stop()
-        thread.join(10)
+        served.stop()
 
 
 @pytest.mark.asyncio

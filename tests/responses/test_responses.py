@@ -14,7 +14,6 @@ from pydantic import BaseModel
 
 from tests.conftest import backend_entry
 from tests.openai_schema import validate, validate_response_event
-from tests.servers import uvicorn_gateway
 
 REPLY = "The quick brown fox jumps over the lazy dog."
 TOOL = {
@@ -127,11 +126,11 @@ def test_every_streamed_event_validates_in_the_documented_order(gw):
     )
 
 
-def test_stream_served_through_asgi_is_the_same(start_sim_backend):
+def test_stream_served_through_asgi_is_the_same(start_sim_backend, start_gateway):
     """Under uvicorn the first event is not written early: the relay gives it, translated the same."""
     sim = start_sim_backend("u1", ["m1"])
-    with uvicorn_gateway(backend_entry(sim)) as (port, key):
-        events = stream_events(f"http://127.0.0.1:{port}", key, {"model": "m1", "input": "hi"})
+    with start_gateway([backend_entry(sim)], [{"name": "acme"}], server="uvicorn") as gw:
+        events = stream_events(gw.url, gw.keys["acme"], {"model": "m1", "input": "hi"})
     assert types(events)[:2] == ["response.created", "response.in_progress"]
     assert types(events)[-1] == "response.completed"
 
