@@ -63,7 +63,8 @@ class OpenAICompatProvider:
                 self._heads[request.endpoint, stream], body, self._first_token if stream else self._total
             )
         except TimeoutError:
-            raise ProviderError("timeout", f"{self.info.name}: no response within the time limit") from None
+            setting = "timeouts.first_token" if stream else "timeouts.total"
+            raise ProviderError("timeout", f"{self.info.name}: no response within {setting}") from None
         except HttpError as exc:
             raise ProviderError("connect", f"{self.info.name}: {exc}") from None
         except LocalError as exc:

@@ -27,7 +27,6 @@ from tests.providers.upstreams import (
     KINDS,
     MESSAGES,
     MODEL,
-    OPENAI_NO_HEAD_UNNAMED,
     SSE_HEAD,
     Kind,
     Scripted,
@@ -35,7 +34,6 @@ from tests.providers.upstreams import (
     chunked_sse,
     error_answer,
     json_answer,
-    kinds,
     unanswered_port,
     until,
     warm_up,
@@ -419,7 +417,6 @@ async def test_a_timeout_names_its_setting(build: Build, scripted: Scripted, lim
 
 
 @on_loop
-@kinds(pending={"openai": OPENAI_NO_HEAD_UNNAMED})
 @pytest.mark.parametrize("streaming", [False, True], ids=["complete", "stream"])
 async def test_a_timeout_before_any_head_names_its_setting(build: Build, scripted: Scripted, streaming: bool) -> None:
     """With no response head at all, the setting that ran out is named too: the first event's, or

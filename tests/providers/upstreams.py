@@ -303,10 +303,6 @@ def kinds(*, pending: Mapping[str, str] | None = None, omit: Mapping[str, str] |
 
 
 # Defects of providers/openai_compat.py found by this suite; each names the cases it fails.
-OPENAI_NO_HEAD_UNNAMED = (
-    "openai_compat's timeout before any response head says 'no response within the time limit', naming "
-    "neither timeouts.first_token (a stream's) nor timeouts.total (an answer's)"
-)
 
 # What litellm itself cannot do, which its adapter cannot mend; each names the cases it fails.
 LITELLM_CANNOT_SEND_ODD_SHAPES = (
