@@ -24,8 +24,8 @@ from router.http.protocol import Connection
 from router.http.server import Server
 from router.settings import Settings
 from tests.conftest import Gateway, Sim, backend_entry
-from tests.http import test_protocol
-from tests.http.test_hostile_clients import _serve_with_fds
+from tests.http import test_hostile_clients, test_protocol
+from tests.http.test_hostile_clients import _serve_with_fds, _unread
 from tests.http.test_protocol import HEALTHZ, answers, connect, settled
 from tests.http.test_server import Wire, request
 from tests.processes import free_port, run, wait_ready
@@ -34,19 +34,7 @@ from tests.servers import ADMIN_KEY, serve_app, wait_for
 pytestmark = pytest.mark.timeout(30)
 
 memory_server = test_protocol.server  # a fixture: the server of test_protocol's in-memory connections
-
-
-def _unread(port: int) -> socket.socket:
-    """A client that reads nothing for now: a small receive buffer, so that the gateway's writes stall soon."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-@pytest.fixture
-def sim(start_sim_backend: Callable[..., Sim]) -> Sim:
-    return start_sim_backend("dc1")
+sim = test_hostile_clients.sim  # a fixture: one simulated backend
 
 
 def test_head_on_a_streamed_get_route_sends_no_chunk_terminator(

@@ -6,36 +6,20 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-import ssl
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from providers.base import BackendInfo, Limits, ProviderError, UpstreamRequest
 from providers.http1 import HttpError
 from providers.openai_compat import OpenAICompatProvider, _Splitter
-from tests.providers.test_http1 import BODY, CHUNKED_HEAD, Handler, Serve, Wire, answer, answer_each, chunk
+from tests.providers import test_http1
+from tests.providers.test_http1 import BODY, CHUNKED_HEAD, Serve, answer, answer_each, chunk
 
 pytestmark = pytest.mark.timeout(10)
 
-
-@pytest_asyncio.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Starts raw loopback servers (test_http1's ``Wire``), closed after the test."""
-    wires: list[Wire] = []
-
-    async def start(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> Wire:
-        wire = Wire(handler, ssl_context)
-        wires.append(wire)
-        await wire.start()
-        return wire
-
-    yield start
-    for wire in reversed(wires):
-        await wire.close()
+serve = test_http1.serve  # the fixture: raw loopback servers (test_http1's ``Wire``), closed after the test
 
 
 @pytest.mark.asyncio
