@@ -259,21 +259,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     """The `keys` and `tenants` commands, on the main parser's subcommands."""
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key for a tenant; prints it once (last line)")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--config", help="the config file declaring the tenant (API tenants need none)")
-    create.add_argument("--name", help="a label for the key")
+    _key_flags(create, "key")
     create.add_argument("--expires-in", help="seconds until the key stops working")
-    create.add_argument("--model", action="append", help="a model the key may use (repeatable; default: all)")
-    _limit_flags(create)
     create.set_defaults(func=keys_create)
     imp = keys.add_parser("import", help="store existing keys by their SHA-256 hash (clients keep their keys)")
-    imp.add_argument("--tenant", required=True)
+    _key_flags(imp, "keys")
     imp.add_argument("--sha256", action="append", help="the hex SHA-256 of a key's secret (repeatable)")
     imp.add_argument("--file", help="a file of hex SHA-256 hashes, one a line")
-    imp.add_argument("--config", help="the config file declaring the tenant (API tenants need none)")
-    imp.add_argument("--name", help="a label for the keys")
-    imp.add_argument("--model", action="append", help="a model the keys may use (repeatable; default: all)")
-    _limit_flags(imp)
     imp.set_defaults(func=keys_import)
     listing = keys.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--tenant")
@@ -300,6 +292,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     tcreate.set_defaults(func=tenants_create)
     for cmd in (create, imp, listing, revoke, rotate, tlist, tcreate):
         cmd.add_argument("--ledger", help="ledger URL whose SQLite file holds the keys (default $FEDROUTER_LEDGER)")
+
+
+def _key_flags(cmd: argparse.ArgumentParser, what: str) -> None:
+    """The flags that describe new keys, made or imported: whose, their label, models and limits."""
+    cmd.add_argument("--tenant", required=True)
+    cmd.add_argument("--config", help="the config file declaring the tenant (API tenants need none)")
+    cmd.add_argument("--name", help=f"a label for the {what}")
+    cmd.add_argument("--model", action="append", help=f"a model the {what} may use (repeatable; default: all)")
+    _limit_flags(cmd)
 
 
 def _limit_flags(cmd: argparse.ArgumentParser) -> None:
